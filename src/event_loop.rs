@@ -1,0 +1,641 @@
+//! The one event loop: owns the Swarm, turns each swarm event into at most one schema event, and
+//! runs the node's timers (bootstrap dial retries, random walks, periodic bootstraps, routing-table
+//! snapshots).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::core::ConnectedPoint;
+use libp2p::kad::{self, QueryId, QueryResult};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
+use rand::Rng;
+use testbed_events::{
+    BootstrapTrigger, Direction, Event, Role, SnapshotReason, TableEntry, Timestamp,
+};
+use tokio::time::{Instant, Sleep};
+
+use crate::addrs::dialable_from;
+use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
+use crate::emit::Emitter;
+use crate::health::{self, HealthState};
+
+/// First wait before redialing an unanswered bootstrap address; doubles per attempt.
+const DIAL_BACKOFF_START: Duration = Duration::from_millis(250);
+
+/// A `--bootstrap` address and how dialing it goes.
+#[derive(Debug)]
+struct BootstrapTarget {
+    addr: Multiaddr,
+    peer: Option<PeerId>,
+    attempts: u32,
+    /// The dial in flight, if any.
+    pending: Option<ConnectionId>,
+    next_dial: Option<Instant>,
+    reached: bool,
+}
+
+/// A query this loop started (or saw start), to report when it finishes.
+#[derive(Debug)]
+enum Query {
+    Bootstrap {
+        trigger: BootstrapTrigger,
+        started: Instant,
+        error: Option<String>,
+    },
+    Walk {
+        started: Instant,
+    },
+}
+
+/// Timing knobs of the loop, from the command line.
+#[derive(Debug, Clone)]
+pub struct Timers {
+    pub walk_interval: Duration,
+    pub bootstrap_interval: Duration,
+    pub table_debounce: Duration,
+    pub heartbeat: Duration,
+    pub dial_backoff_max: Duration,
+}
+
+pub struct EventLoop<W: Write> {
+    swarm: Swarm<Behaviour>,
+    emitter: Emitter<W>,
+    role: Role,
+    timers: Timers,
+    health_file: Option<PathBuf>,
+    started: Instant,
+    /// Remote address of each open connection: decides which identify addresses are dialable.
+    remotes: HashMap<ConnectionId, Multiaddr>,
+    bootstrap_targets: Vec<BootstrapTarget>,
+    /// Whether the initial Kademlia bootstrap has been started (joiners only).
+    joined: bool,
+    queries: HashMap<QueryId, Query>,
+    /// When the debounced `changed` snapshot is due, if the table changed since the last one.
+    snapshot_due: Option<Instant>,
+    last_snapshot: Instant,
+    next_walk: Option<Instant>,
+    next_bootstrap: Option<Instant>,
+    health_error_reported: bool,
+}
+
+impl<W: Write> std::fmt::Debug for EventLoop<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("peer_id", self.swarm.local_peer_id())
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<W: Write> EventLoop<W> {
+    pub fn new(
+        swarm: Swarm<Behaviour>,
+        emitter: Emitter<W>,
+        bootstrap: Vec<Multiaddr>,
+        timers: Timers,
+        health_file: Option<PathBuf>,
+    ) -> Self {
+        let role = if bootstrap.is_empty() {
+            Role::Bootstrap
+        } else {
+            Role::Peer
+        };
+        let now = Instant::now();
+        let bootstrap_targets = bootstrap
+            .into_iter()
+            .map(|addr| BootstrapTarget {
+                peer: peer_id_of(&addr),
+                addr,
+                attempts: 0,
+                pending: None,
+                next_dial: Some(now),
+                reached: false,
+            })
+            .collect();
+        Self {
+            swarm,
+            emitter,
+            role,
+            timers,
+            health_file,
+            started: now,
+            remotes: HashMap::new(),
+            bootstrap_targets,
+            joined: false,
+            queries: HashMap::new(),
+            snapshot_due: None,
+            last_snapshot: now,
+            next_walk: None,
+            next_bootstrap: None,
+            health_error_reported: false,
+        }
+    }
+
+    pub fn emit(&mut self, event: Event) {
+        self.emitter.emit(event);
+    }
+
+    pub fn swarm_mut(&mut self) -> &mut Swarm<Behaviour> {
+        &mut self.swarm
+    }
+
+    /// Runs until `shutdown` resolves with a reason, then writes the final snapshot and
+    /// `node_stopping`.
+    pub async fn run(mut self, shutdown: impl Future<Output = String>) {
+        let mut shutdown = std::pin::pin!(shutdown);
+        if self.role == Role::Bootstrap {
+            // The bootstrap node has nobody to join: its walks start now (and find nothing until
+            // someone connects, at no cost).
+            self.schedule_periodic_work(Instant::now());
+        }
+        self.write_health();
+        let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep_until(self.next_deadline()));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                () = timer.as_mut() => self.on_timers(Instant::now()),
+                reason = shutdown.as_mut() => {
+                    self.stop(reason);
+                    return;
+                }
+            }
+            let deadline = self.next_deadline();
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    fn stop(&mut self, reason: String) {
+        self.snapshot(SnapshotReason::Shutdown);
+        let uptime_ms = millis(self.started.elapsed());
+        self.emit(Event::NodeStopping { reason, uptime_ms });
+    }
+
+    /// The earliest time a timer needs attention.
+    fn next_deadline(&self) -> Instant {
+        let heartbeat = self.last_snapshot + self.timers.heartbeat;
+        self.bootstrap_targets
+            .iter()
+            .filter(|t| !t.reached && t.pending.is_none())
+            .filter_map(|t| t.next_dial)
+            .chain(self.snapshot_due)
+            .chain(self.next_walk)
+            .chain(self.next_bootstrap)
+            .fold(heartbeat, Instant::min)
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        for i in 0..self.bootstrap_targets.len() {
+            let t = &self.bootstrap_targets[i];
+            if !t.reached && t.pending.is_none() && t.next_dial.is_some_and(|at| at <= now) {
+                self.dial_bootstrap(i);
+            }
+        }
+        if self.snapshot_due.is_some_and(|at| at <= now) {
+            self.snapshot(SnapshotReason::Changed);
+        }
+        if self.last_snapshot + self.timers.heartbeat <= now {
+            self.snapshot(SnapshotReason::Heartbeat);
+        }
+        if self.next_walk.is_some_and(|at| at <= now) {
+            self.next_walk = jittered(now, self.timers.walk_interval);
+            if self.table_size() > 0 {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_closest_peers(PeerId::random());
+                self.queries.insert(id, Query::Walk { started: now });
+            }
+        }
+        if self.next_bootstrap.is_some_and(|at| at <= now) {
+            self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
+            self.start_bootstrap(BootstrapTrigger::Periodic);
+        }
+    }
+
+    fn schedule_periodic_work(&mut self, now: Instant) {
+        self.next_walk = jittered(now, self.timers.walk_interval);
+        self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
+    }
+
+    fn start_bootstrap(&mut self, trigger: BootstrapTrigger) {
+        // Err means the table is empty: nothing to bootstrap from yet, the next round will retry.
+        if let Ok(id) = self.swarm.behaviour_mut().kad.bootstrap() {
+            self.queries.insert(
+                id,
+                Query::Bootstrap {
+                    trigger,
+                    started: Instant::now(),
+                    error: None,
+                },
+            );
+        }
+    }
+
+    fn dial_bootstrap(&mut self, i: usize) {
+        let target = &mut self.bootstrap_targets[i];
+        target.attempts += 1;
+        let opts = match target.peer {
+            Some(peer) => DialOpts::peer_id(peer)
+                .addresses(vec![target.addr.clone()])
+                .condition(PeerCondition::Always)
+                .build(),
+            None => DialOpts::unknown_peer_id()
+                .address(target.addr.clone())
+                .build(),
+        };
+        let id = opts.connection_id();
+        target.pending = Some(id);
+        target.next_dial = None;
+        if let Err(e) = self.swarm.dial(opts) {
+            self.bootstrap_dial_failed(i, error_chain(&e));
+        }
+    }
+
+    /// Records a failed bootstrap dial and schedules the next one with exponential backoff.
+    fn bootstrap_dial_failed(&mut self, i: usize, error: String) {
+        let max = self.timers.dial_backoff_max;
+        let target = &mut self.bootstrap_targets[i];
+        target.pending = None;
+        let exp = target.attempts.saturating_sub(1).min(16);
+        let backoff = DIAL_BACKOFF_START.saturating_mul(1 << exp).min(max);
+        // Up to 25% jitter so joiners that failed together do not retry together.
+        let backoff = backoff.mul_f64(rand::thread_rng().gen_range(0.75..=1.0));
+        target.next_dial = Some(Instant::now() + backoff);
+        let event = Event::DialFailed {
+            peer_id: target.peer.map(|p| p.to_string()),
+            addr: Some(target.addr.to_string()),
+            error,
+            attempt: Some(target.attempts),
+            retry_in_ms: Some(millis(backoff)),
+        };
+        tracing::warn!(addr = %target.addr, attempt = target.attempts, "bootstrap dial failed, retrying");
+        self.emit(event);
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => self.on_kad_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => self.on_identify_event(e),
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
+                if let Err(error) = e.result {
+                    tracing::debug!(peer = %e.peer, %error, "ping failed");
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let remote = endpoint.get_remote_address().clone();
+                let direction = match endpoint {
+                    ConnectedPoint::Dialer { .. } => Direction::Dialer,
+                    ConnectedPoint::Listener { .. } => Direction::Listener,
+                };
+                if let Some(t) = self
+                    .bootstrap_targets
+                    .iter_mut()
+                    .find(|t| t.pending == Some(connection_id))
+                {
+                    t.pending = None;
+                    t.reached = true;
+                    t.peer = Some(peer_id);
+                    tracing::info!(addr = %t.addr, %peer_id, "reached bootstrap node");
+                }
+                self.emit(Event::ConnectionEstablished {
+                    peer_id: peer_id.to_string(),
+                    remote_addr: remote.to_string(),
+                    direction,
+                    connections: num_established.get(),
+                });
+                self.remotes.insert(connection_id, remote);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                cause,
+            } => {
+                self.remotes.remove(&connection_id);
+                self.emit(Event::ConnectionClosed {
+                    peer_id: peer_id.to_string(),
+                    remote_addr: endpoint.get_remote_address().to_string(),
+                    connections: num_established,
+                    cause: cause.map(|e| error_chain(&e)),
+                });
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                peer_id,
+                error,
+            } => {
+                if let Some(i) = self
+                    .bootstrap_targets
+                    .iter()
+                    .position(|t| t.pending == Some(connection_id))
+                {
+                    self.bootstrap_dial_failed(i, error_chain(&error));
+                    return;
+                }
+                // Not failures: another dial to the peer is in flight or it is already connected.
+                if matches!(
+                    error,
+                    DialError::DialPeerConditionFalse(_) | DialError::Aborted
+                ) {
+                    return;
+                }
+                let addr = match &error {
+                    DialError::Transport(attempts) if attempts.len() == 1 => {
+                        Some(attempts[0].0.to_string())
+                    }
+                    _ => None,
+                };
+                self.emit(Event::DialFailed {
+                    peer_id: peer_id.map(|p| p.to_string()),
+                    addr,
+                    error: error_chain(&error),
+                    attempt: None,
+                    retry_in_ms: None,
+                });
+            }
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
+                tracing::debug!(%send_back_addr, error = %error_chain(&error), "incoming connection failed");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                self.emit(Event::ListenAddr {
+                    addr: address.to_string(),
+                });
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::error!(error = %error_chain(&error), "listener error");
+            }
+            SwarmEvent::ListenerClosed {
+                reason, addresses, ..
+            } => {
+                tracing::error!(?addresses, ?reason, "listener closed");
+            }
+            other => tracing::trace!(event = ?other, "swarm event"),
+        }
+    }
+
+    fn on_identify_event(&mut self, event: identify::Event) {
+        match event {
+            identify::Event::Received {
+                connection_id,
+                peer_id,
+                info,
+            } => {
+                let kad = info.protocols.contains(&KAD_PROTOCOL);
+                let added = match (kad, self.remotes.get(&connection_id)) {
+                    (true, Some(remote)) => dialable_from(remote, &info.listen_addrs),
+                    _ => Vec::new(),
+                };
+                for addr in &added {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                }
+                self.emit(Event::Identified {
+                    peer_id: peer_id.to_string(),
+                    agent_version: info.agent_version,
+                    kad,
+                    listen_addrs: to_strings(&info.listen_addrs),
+                    added_addrs: to_strings(&added),
+                });
+            }
+            identify::Event::Error { peer_id, error, .. } => {
+                tracing::debug!(%peer_id, error = %error_chain(&error), "identify failed");
+            }
+            identify::Event::Sent { .. } | identify::Event::Pushed { .. } => {}
+        }
+    }
+
+    fn on_kad_event(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutingUpdated {
+                peer,
+                is_new_peer,
+                addresses,
+                bucket_range,
+                old_peer,
+            } => {
+                if is_new_peer || old_peer.is_some() {
+                    self.table_changed();
+                }
+                self.emit(Event::RoutingUpdated {
+                    peer_id: peer.to_string(),
+                    is_new_peer,
+                    bucket: bucket_range.0.ilog2(),
+                    addresses: to_strings(addresses.iter()),
+                    evicted: old_peer.map(|p| p.to_string()),
+                });
+                if self.role == Role::Peer && !self.joined {
+                    // The first routable peer is (almost always) the bootstrap node: join now.
+                    self.joined = true;
+                    self.start_bootstrap(BootstrapTrigger::Initial);
+                    self.schedule_periodic_work(Instant::now());
+                }
+            }
+            kad::Event::UnroutablePeer { peer } => {
+                self.emit(Event::UnroutablePeer {
+                    peer_id: peer.to_string(),
+                });
+            }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                stats,
+                step,
+            } => self.on_query_progress(id, result, &stats, step.last),
+            kad::Event::RoutablePeer { peer, address } => {
+                tracing::debug!(%peer, %address, "routable peer not added (table full or manual insertion)");
+            }
+            kad::Event::PendingRoutablePeer { peer, address } => {
+                tracing::debug!(%peer, %address, "peer pending insertion into a full bucket");
+            }
+            kad::Event::ModeChanged { new_mode } => {
+                tracing::warn!(%new_mode, "kademlia mode changed");
+            }
+            kad::Event::InboundRequest { .. } => {}
+        }
+    }
+
+    fn on_query_progress(
+        &mut self,
+        id: QueryId,
+        result: QueryResult,
+        stats: &kad::QueryStats,
+        last: bool,
+    ) {
+        match result {
+            QueryResult::Bootstrap(result) => {
+                let query = self.queries.entry(id).or_insert_with(|| Query::Bootstrap {
+                    trigger: BootstrapTrigger::Automatic,
+                    started: Instant::now()
+                        .checked_sub(stats.duration().unwrap_or_default())
+                        .unwrap_or_else(Instant::now),
+                    error: None,
+                });
+                if let (Query::Bootstrap { error, .. }, Err(e)) = (query, result) {
+                    error.get_or_insert_with(|| e.to_string());
+                }
+                if last
+                    && let Some(Query::Bootstrap {
+                        trigger,
+                        started,
+                        error,
+                    }) = self.queries.remove(&id)
+                {
+                    let table_size = self.table_size();
+                    self.emit(Event::BootstrapCompleted {
+                        trigger,
+                        ok: error.is_none(),
+                        duration_ms: millis(started.elapsed()),
+                        error,
+                        table_size,
+                    });
+                }
+            }
+            QueryResult::GetClosestPeers(result) => {
+                let Some(Query::Walk { started }) = self.queries.remove(&id) else {
+                    return;
+                };
+                let (ok, peers_found) = match result {
+                    Ok(ok) => (true, ok.peers.len()),
+                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (false, peers.len()),
+                };
+                let table_size = self.table_size();
+                self.emit(Event::RandomWalkCompleted {
+                    ok,
+                    duration_ms: millis(started.elapsed()),
+                    peers_found,
+                    table_size,
+                });
+            }
+            other => tracing::debug!(?other, "unexpected query result"),
+        }
+    }
+
+    fn table_changed(&mut self) {
+        if self.snapshot_due.is_none() {
+            self.snapshot_due = Some(Instant::now() + self.timers.table_debounce);
+        }
+    }
+
+    fn table_size(&mut self) -> usize {
+        self.swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum()
+    }
+
+    /// Writes the full routing table, and the health file with it.
+    fn snapshot(&mut self, reason: SnapshotReason) {
+        let mut peers = Vec::new();
+        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
+            let index = bucket.range().0.ilog2().unwrap_or(0);
+            for entry in bucket.iter() {
+                peers.push(TableEntry {
+                    peer_id: entry.node.key.preimage().to_string(),
+                    bucket: index,
+                });
+            }
+        }
+        self.snapshot_due = None;
+        self.last_snapshot = Instant::now();
+        let size = peers.len();
+        self.emit(Event::RoutingTable {
+            reason,
+            size,
+            peers,
+        });
+        self.write_health_with(size);
+    }
+
+    fn write_health(&mut self) {
+        let size = self.table_size();
+        self.write_health_with(size);
+    }
+
+    fn write_health_with(&mut self, table_size: usize) {
+        let Some(path) = &self.health_file else {
+            return;
+        };
+        let state = HealthState {
+            peer_id: self.swarm.local_peer_id().to_string(),
+            role: self.role,
+            listening: self.swarm.listeners().next().is_some(),
+            table_size,
+            updated: Timestamp::now(),
+        };
+        if let Err(e) = health::write(path, &state) {
+            if !self.health_error_reported {
+                tracing::error!(
+                    path = %path.display(),
+                    "cannot write the health file ({e}); `kad-node health` will report unhealthy. \
+                     Mount a writable tmpfs there (docker run --tmpfs /tmp) or unset KAD_HEALTH_FILE"
+                );
+                self.health_error_reported = true;
+            }
+        }
+    }
+}
+
+/// `now + interval`, jittered by ±50%; `None` when the interval is zero (disabled).
+fn jittered(now: Instant, interval: Duration) -> Option<Instant> {
+    if interval.is_zero() {
+        return None;
+    }
+    Some(now + interval.mul_f64(rand::thread_rng().gen_range(0.5..1.5)))
+}
+
+/// The `/p2p/<peer id>` of an address, if it has one.
+pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
+}
+
+fn to_strings<'a>(addrs: impl IntoIterator<Item = &'a Multiaddr>) -> Vec<String> {
+    addrs.into_iter().map(|a| a.to_string()).collect()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An error and its causes on one line: `outer: inner: root`.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some libp2p errors repeat their source in their own message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

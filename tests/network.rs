@@ -1,0 +1,197 @@
+//! Real nodes in-process on 127.0.0.1: does a network form, and do joiners find each other?
+
+mod util;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use testbed_events::{BootstrapTrigger, Event, SnapshotReason};
+use util::{InProcessNode, latest_table, test_args, wait_for};
+
+const JOINERS: usize = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bootstrap_and_eight_joiners_all_know_each_other() {
+    let bootstrap = InProcessNode::start(test_args(&["--key-seed", "0"]));
+    let (bootstrap_id, bootstrap_addr) = bootstrap.started().await;
+    // Half the joiners know the bootstrap's peer id, half dial the bare address.
+    let with_id = format!("{bootstrap_addr}/p2p/{bootstrap_id}");
+    let joiners: Vec<InProcessNode> = (0..JOINERS)
+        .map(|i| {
+            let target = if i % 2 == 0 {
+                &with_id
+            } else {
+                &bootstrap_addr
+            };
+            InProcessNode::start(test_args(&["--bootstrap", target]))
+        })
+        .collect();
+    let mut nodes = vec![bootstrap];
+    nodes.extend(joiners);
+    let mut ids = Vec::new();
+    for node in &nodes {
+        ids.push(node.started().await.0);
+    }
+    let everyone: BTreeSet<String> = ids.iter().cloned().collect();
+
+    let missing = |nodes: &[InProcessNode]| -> Vec<String> {
+        nodes
+            .iter()
+            .zip(&ids)
+            .filter_map(|(node, id)| {
+                let table = latest_table(&node.events())
+                    .map(|t| t.1)
+                    .unwrap_or_default();
+                let want: BTreeSet<_> = everyone.iter().filter(|p| *p != id).cloned().collect();
+                let lacking: Vec<_> = want.difference(&table).cloned().collect();
+                (!lacking.is_empty()).then(|| format!("{id} lacks {lacking:?}"))
+            })
+            .collect()
+    };
+    wait_for(
+        "every routing table to hold every other node",
+        Duration::from_secs(60),
+        || missing(&nodes).is_empty().then_some(()),
+        || missing(&nodes).join("\n"),
+    )
+    .await;
+
+    // Joiners found each other, not only the bootstrap node: some joiner-to-joiner connection.
+    let joiner_ids: BTreeSet<&String> = ids[1..].iter().collect();
+    let joiner_links = nodes[1..]
+        .iter()
+        .flat_map(|n| n.events())
+        .filter(|e| matches!(&e.event, Event::ConnectionEstablished { peer_id, .. } if joiner_ids.contains(peer_id)))
+        .count();
+    assert!(joiner_links > 0, "joiners connected to each other");
+
+    // Every joiner runs its initial Kademlia bootstrap to completion.
+    let initial_done = |node: &InProcessNode| {
+        node.events().iter().any(|e| {
+            matches!(
+                e.event,
+                Event::BootstrapCompleted {
+                    trigger: BootstrapTrigger::Initial,
+                    ..
+                }
+            )
+        })
+    };
+    wait_for(
+        "every joiner to complete its initial bootstrap",
+        Duration::from_secs(30),
+        || nodes[1..].iter().all(initial_done).then_some(()),
+        || {
+            format!(
+                "{} of {JOINERS} done",
+                nodes[1..].iter().filter(|n| initial_done(n)).count()
+            )
+        },
+    )
+    .await;
+
+    // The final snapshots, written on shutdown, say the same.
+    for (node, id) in nodes.into_iter().zip(&ids) {
+        let events = node.stop().await;
+        let (reason, table) = latest_table(&events).expect("a final snapshot");
+        assert_eq!(reason, SnapshotReason::Shutdown);
+        let want: BTreeSet<_> = everyone.iter().filter(|p| *p != id).cloned().collect();
+        assert_eq!(table, want, "final table of {id}");
+        assert!(matches!(
+            events.last().map(|e| &e.event),
+            Some(Event::NodeStopping { .. })
+        ));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_started_before_its_bootstrap_keeps_retrying_then_joins() {
+    // Reserve a port, release it, and start the joiner against it before anything listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("/ip4/127.0.0.1/tcp/{port}");
+    let joiner = InProcessNode::start(test_args(&["--bootstrap", &addr]));
+    let failures = || {
+        joiner
+            .events()
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.event,
+                    Event::DialFailed {
+                        attempt: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count()
+    };
+    wait_for(
+        "two failed bootstrap dials",
+        Duration::from_secs(10),
+        || (failures() >= 2).then_some(()),
+        || format!("{:?}", joiner.events()),
+    )
+    .await;
+    let failed = joiner.events().into_iter().find_map(|e| match e.event {
+        Event::DialFailed {
+            error,
+            addr: Some(a),
+            attempt: Some(1),
+            retry_in_ms: Some(_),
+            ..
+        } => Some((error, a)),
+        _ => None,
+    });
+    let (error, failed_addr) = failed.expect("the first attempt is reported with its reason");
+    assert_eq!(failed_addr, addr);
+    assert!(!error.is_empty());
+
+    let bootstrap = InProcessNode::start(test_args(&["--listen", &addr]));
+    let (bootstrap_id, _) = bootstrap.started().await;
+    wait_for(
+        "the joiner's table to hold the bootstrap node",
+        Duration::from_secs(20),
+        || latest_table(&joiner.events()).filter(|(_, t)| t.contains(&bootstrap_id)),
+        || format!("{:?}", latest_table(&joiner.events())),
+    )
+    .await;
+    joiner.stop().await;
+    bootstrap.stop().await;
+}
+
+#[tokio::test]
+async fn a_used_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let err = kad_node::run(
+        test_args(&["--listen", &format!("/ip4/127.0.0.1/tcp/{port}")]),
+        util::SharedBuf::default(),
+        std::future::pending(),
+    )
+    .await
+    .expect_err("port in use");
+    assert_eq!(err.exit_code(), 1);
+    let text = err.to_string();
+    assert!(
+        text.contains("--listen") && text.contains(&port.to_string()),
+        "{text}"
+    );
+    assert!(text.to_lowercase().contains("in use"), "{text}");
+}
+
+#[test]
+fn the_kad_key_of_the_event_crate_matches_libp2p() {
+    use libp2p::kad::KBucketKey;
+    for _ in 0..50 {
+        let a = libp2p::PeerId::random();
+        let b = libp2p::PeerId::random();
+        let ours = testbed_events::kad_key(&a.to_string())
+            .expect("valid")
+            .bucket(&testbed_events::kad_key(&b.to_string()).expect("valid"));
+        let theirs = KBucketKey::from(a).distance(&KBucketKey::from(b)).ilog2();
+        assert_eq!(ours, theirs);
+    }
+}
