@@ -1,0 +1,350 @@
+//! From lines to per-node digests: streaming, so a log is never held in memory whole.
+//!
+//! Each node's log folds into a [`NodeLog`]: who the node is, its latest routing table, whether it
+//! stopped, and the evidence the verdict needs to explain a missing peer (connections, dial
+//! failures, unroutable sightings). Lines that are not events are counted, never fatal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use testbed_events::{
+    BootstrapTrigger, Envelope, Event, ParseError, Role, SnapshotReason, TableEntry, Timestamp,
+    parse_line,
+};
+
+/// How many bad lines to quote in a report, in all.
+const MAX_SAMPLES: usize = 5;
+
+/// A routing-table snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub ts: Timestamp,
+    pub reason: SnapshotReason,
+    pub peers: Vec<TableEntry>,
+}
+
+/// Everything the verdict needs from one node's log (its latest incarnation).
+#[derive(Debug, Clone, Default)]
+pub struct NodeLog {
+    /// Container name, or file name, or `docker compose logs` prefix.
+    pub name: String,
+    pub peer_id: Option<String>,
+    pub role: Option<Role>,
+    pub started: Option<Timestamp>,
+    /// `node_started` events seen; more than one means the process restarted.
+    pub incarnations: u32,
+    pub last_event: Option<Timestamp>,
+    /// The latest routing table of the latest incarnation.
+    pub table: Option<Snapshot>,
+    /// When and why the node said it was stopping.
+    pub stopped: Option<(Timestamp, String)>,
+    /// The Docker source saw the container not running (exited, dead…).
+    pub container_exited: bool,
+    /// Peers it had a connection with.
+    pub connected: BTreeSet<String>,
+    /// Peers it saw speak Kademlia without a dialable address.
+    pub unroutable: BTreeSet<String>,
+    /// Peers that identified without the Kademlia protocol.
+    pub no_kad: BTreeSet<String>,
+    /// Failed dials to other peers, and the last reason.
+    pub dial_failures: u32,
+    pub last_dial_error: Option<String>,
+    /// Failed dials of a `--bootstrap` address, and the last reason.
+    pub bootstrap_dial_failures: u32,
+    pub last_bootstrap_error: Option<String>,
+    /// When the first initial bootstrap completed, and whether it succeeded.
+    pub initial_bootstrap: Option<(Timestamp, bool)>,
+    pub lines: LineStats,
+}
+
+/// What the lines of a log were.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct LineStats {
+    pub lines: u64,
+    pub events: u64,
+    /// Lines that are not JSON objects (diagnostics, banners).
+    pub not_json: u64,
+    /// JSON objects cut short or broken (a crash or rotation mid-line).
+    pub malformed: u64,
+    /// Valid JSON that is not a kad-testbed event.
+    pub not_events: u64,
+    /// Events of a type this checker does not know (skipped).
+    pub unknown_types: u64,
+    /// Events of a newer schema version that still parsed.
+    pub newer_version: u64,
+    /// Events of a newer schema version that did not parse.
+    pub unsupported_version: u64,
+}
+
+impl LineStats {
+    pub fn add(&mut self, other: &LineStats) {
+        self.lines += other.lines;
+        self.events += other.events;
+        self.not_json += other.not_json;
+        self.malformed += other.malformed;
+        self.not_events += other.not_events;
+        self.unknown_types += other.unknown_types;
+        self.newer_version += other.newer_version;
+        self.unsupported_version += other.unsupported_version;
+    }
+
+    /// Lines that were not usable events.
+    pub fn bad(&self) -> u64 {
+        self.not_json + self.malformed + self.not_events + self.unsupported_version
+    }
+}
+
+impl NodeLog {
+    /// A log with nothing in it yet.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Folds a sequence of events (for tests and in-memory use).
+    pub fn from_events(name: &str, events: impl IntoIterator<Item = Envelope>) -> Self {
+        let mut log = Self::new(name);
+        for e in events {
+            log.lines.lines += 1;
+            log.lines.events += 1;
+            log.apply(e);
+        }
+        log
+    }
+
+    /// Whether the node said it was stopping or its container is not running.
+    pub fn is_down(&self) -> bool {
+        self.stopped.is_some() || self.container_exited
+    }
+
+    /// When the node went down: its `node_stopping`, else its last event.
+    pub fn down_at(&self) -> Option<Timestamp> {
+        self.stopped.as_ref().map(|s| s.0).or(self.last_event)
+    }
+
+    /// Applies one event.
+    pub fn apply(&mut self, envelope: Envelope) {
+        let ts = envelope.ts;
+        self.last_event = Some(self.last_event.map_or(ts, |t| t.max(ts)));
+        match envelope.event {
+            Event::NodeStarted(started) => {
+                // A new incarnation: what the old one knew no longer describes this node.
+                let name = std::mem::take(&mut self.name);
+                let incarnations = self.incarnations + 1;
+                let lines = self.lines;
+                *self = Self {
+                    name,
+                    incarnations,
+                    lines,
+                    peer_id: Some(started.peer_id),
+                    role: Some(started.role),
+                    started: Some(ts),
+                    last_event: Some(ts),
+                    ..Self::default()
+                };
+            }
+            Event::RoutingTable { reason, peers, .. } => {
+                self.table = Some(Snapshot { ts, reason, peers });
+            }
+            Event::NodeStopping { reason, .. } => self.stopped = Some((ts, reason)),
+            Event::ConnectionEstablished { peer_id, .. } => {
+                self.connected.insert(peer_id);
+            }
+            Event::UnroutablePeer { peer_id } => {
+                self.unroutable.insert(peer_id);
+            }
+            Event::Identified { peer_id, kad, .. } => {
+                if !kad {
+                    self.no_kad.insert(peer_id);
+                }
+            }
+            Event::DialFailed {
+                error, attempt, ..
+            } => {
+                if attempt.is_some() {
+                    self.bootstrap_dial_failures += 1;
+                    self.last_bootstrap_error = Some(error);
+                } else {
+                    self.dial_failures += 1;
+                    self.last_dial_error = Some(error);
+                }
+            }
+            Event::BootstrapCompleted {
+                trigger: BootstrapTrigger::Initial,
+                ok,
+                ..
+            } => {
+                self.initial_bootstrap.get_or_insert((ts, ok));
+            }
+            Event::Unknown => self.lines.unknown_types += 1,
+            Event::ListenAddr { .. }
+            | Event::ConnectionClosed { .. }
+            | Event::RoutingUpdated { .. }
+            | Event::BootstrapCompleted { .. }
+            | Event::RandomWalkCompleted { .. } => {}
+        }
+    }
+}
+
+/// Collects lines from any number of sources into per-node logs.
+#[derive(Debug, Default)]
+pub struct Ingest {
+    nodes: BTreeMap<String, NodeLog>,
+    /// Up to [`MAX_SAMPLES`] bad lines, quoted for the report.
+    pub samples: Vec<String>,
+}
+
+impl Ingest {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Feeds one line of the log named `node` (without its newline).
+    pub fn push_line(&mut self, node: &str, line: &str) {
+        let log = self
+            .nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeLog::new(node));
+        log.lines.lines += 1;
+        let error = match parse_line(line) {
+            Ok(parsed) => {
+                log.lines.events += 1;
+                if parsed.newer_version {
+                    log.lines.newer_version += 1;
+                }
+                log.apply(parsed.envelope);
+                return;
+            }
+            Err(e) => e,
+        };
+        match error {
+            ParseError::NotJson => log.lines.not_json += 1,
+            ParseError::Malformed(_) => log.lines.malformed += 1,
+            ParseError::NotAnEvent(_) => log.lines.not_events += 1,
+            ParseError::UnsupportedVersion { .. } => log.lines.unsupported_version += 1,
+        }
+        // Blank lines and plain diagnostics are normal; quote what looks like a broken event.
+        if self.samples.len() < MAX_SAMPLES && !matches!(error, ParseError::NotJson) {
+            let mut quoted: String = line.chars().take(120).collect();
+            if quoted.len() < line.len() {
+                quoted.push('…');
+            }
+            self.samples
+                .push(format!("{node}, line {}: {error}: {quoted}", log.lines.lines));
+        }
+    }
+
+    /// Feeds a line of `docker compose logs` output (or of a plain log) read from `file`: a
+    /// `service-1  | ` (v2) or `service_1  | ` (v1) prefix names the node; without one the file
+    /// name does.
+    pub fn push_file_line(&mut self, file: &str, line: &str) {
+        match split_compose_prefix(line) {
+            Some((node, rest)) => self.push_line(node, rest),
+            None => self.push_line(file, line),
+        }
+    }
+
+    /// Marks a node's container as not running (Docker source).
+    pub fn mark_exited(&mut self, node: &str) {
+        self.nodes
+            .entry(node.to_owned())
+            .or_insert_with(|| NodeLog::new(node))
+            .container_exited = true;
+    }
+
+    /// Adds a whole node log read elsewhere (e.g. by a concurrent reader).
+    pub fn insert(&mut self, log: NodeLog) {
+        self.nodes.insert(log.name.clone(), log);
+    }
+
+    /// The logs, by name.
+    pub fn into_logs(self) -> (Vec<NodeLog>, Vec<String>) {
+        (self.nodes.into_values().collect(), self.samples)
+    }
+}
+
+/// Splits `name  | rest` as `docker compose logs` writes it (v2: `proj-peer-3  | `, v1.29:
+/// `peer_3       | `), colours removed. `None` when the line has no such prefix.
+pub fn split_compose_prefix(line: &str) -> Option<(&str, &str)> {
+    let bar = line.find(" | ").or_else(|| line.find(" |").filter(|&i| i + 2 == line.len()))?;
+    let name = line[..bar].trim_end();
+    let valid = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if !valid {
+        return None;
+    }
+    let rest = line.get(bar + 3..).unwrap_or("");
+    // `docker compose logs -t` puts a timestamp before the line.
+    let rest = match rest.split_once(' ') {
+        Some((first, after)) if !rest.starts_with('{') && looks_like_timestamp(first) => after,
+        _ => rest,
+    };
+    Some((name, rest))
+}
+
+fn looks_like_timestamp(s: &str) -> bool {
+    s.len() >= 20 && s.as_bytes()[4] == b'-' && s.as_bytes()[10] == b'T'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compose_v2_and_v1_prefixes_name_the_node() {
+        assert_eq!(
+            split_compose_prefix(r#"kad-peer-3  | {"v":1}"#),
+            Some(("kad-peer-3", r#"{"v":1}"#))
+        );
+        assert_eq!(
+            split_compose_prefix(r#"peer_10      | {"v":1}"#),
+            Some(("peer_10", r#"{"v":1}"#))
+        );
+        assert_eq!(
+            split_compose_prefix(r#"peer-1  | 2026-11-25T04:48:47.033456789Z {"v":1}"#),
+            Some(("peer-1", r#"{"v":1}"#))
+        );
+        assert_eq!(split_compose_prefix(r#"{"v":1,"a":"x | y"}"#), None);
+        assert_eq!(split_compose_prefix("Attaching to kad_peer_1"), None);
+    }
+
+    #[test]
+    fn a_restart_starts_a_new_incarnation() {
+        let mut ingest = Ingest::new();
+        let started = |id: &str| {
+            format!(
+                r#"{{"v":1,"ts":"2026-11-25T10:00:00.000Z","type":"node_started","peer_id":"{id}","role":"peer","listen_addrs":[]}}"#
+            )
+        };
+        ingest.push_line("n", &started("A"));
+        ingest.push_line(
+            "n",
+            r#"{"v":1,"ts":"2026-11-25T10:00:01.000Z","type":"routing_table","reason":"changed","size":1,"peers":[{"peer_id":"X","bucket":1}]}"#,
+        );
+        ingest.push_line("n", &started("B"));
+        let (logs, _) = ingest.into_logs();
+        assert_eq!(logs[0].peer_id.as_deref(), Some("B"));
+        assert_eq!(logs[0].incarnations, 2);
+        assert!(logs[0].table.is_none(), "the old incarnation's table is gone");
+        assert_eq!(logs[0].lines.events, 3);
+    }
+
+    #[test]
+    fn bad_lines_are_counted_and_quoted() {
+        let mut ingest = Ingest::new();
+        ingest.push_line("n", "plain text");
+        ingest.push_line("n", r#"{"v":1,"ts":"2026-11-25T10:00:0"#);
+        ingest.push_line("n", r#"{"other":"json"}"#);
+        ingest.push_line("n", "");
+        let samples = ingest.samples.clone();
+        let (logs, _) = ingest.into_logs();
+        let s = logs[0].lines;
+        assert_eq!((s.lines, s.events, s.not_json, s.malformed, s.not_events), (4, 0, 2, 1, 1));
+        assert_eq!(samples.len(), 2);
+        assert!(samples[0].contains("line 2") && samples[0].contains("truncated"));
+    }
+}

@@ -1,0 +1,60 @@
+//! testbed-check: reads every node's logs and says whether the DHT formed, and if not, why.
+//!
+//! The verdict is a pure function of the logs ([`verdict::check`]); reading them is a separate
+//! layer ([`source`]) so the same verdict applies to a live compose project, saved files or stdin.
+//! Only the event contract (`testbed-events`) is shared with the node; there is no libp2p here.
+//!
+//! # Properties
+//!
+//! 1. `seen`: every live peer is in at least `--min-seen` other live nodes' latest routing tables.
+//! 2. `tables`: every live node's table holds at least one live peer.
+//! 3. `full_mesh` (`--full-mesh`): every live node knows every other.
+//! 4. `closest`: at least `--closest-threshold` of live nodes hold all of their `--closest` k
+//!    XOR-closest live peers. Always reported.
+//! 5. `node_count` (`--expect-nodes N`): exactly N nodes are live.
+//!
+//! Departed nodes (they logged `node_stopping` or their container exited while others ran) are not
+//! required; entries pointing at them are counted as stale. When *every* node stopped (logs saved
+//! after `down`), the last wave of stops is the run's own shutdown and those nodes are judged on
+//! their final snapshots. Zero live nodes is never a pass.
+//!
+//! # Layout
+//!
+//! * [`ingest`]: lines → per-node digests ([`ingest::NodeLog`]), streaming, bad lines counted.
+//! * [`verdict`]: digests → [`verdict::Report`]; no I/O.
+//! * [`report`]: the report as a table, JSON or JUnit XML.
+//! * [`source`]: files, stdin, or a compose project through the Docker Engine API (bollard).
+//!
+//! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be
+//! read (no daemon, no such project, no events at all, bad flags).
+
+pub mod ingest;
+pub mod report;
+pub mod source;
+pub mod verdict;
+
+pub use source::{Source, SourceError};
+pub use verdict::{CheckOptions, Report, check};
+
+/// Reads `source` and judges it: the whole checker in one call.
+pub async fn read_and_check(source: &Source, opts: &CheckOptions) -> Result<Report, SourceError> {
+    let ingest = source::read(source).await?;
+    let (logs, samples) = ingest.into_logs();
+    let mut lines = ingest::LineStats::default();
+    for log in &logs {
+        lines.add(&log.lines);
+    }
+    if lines.events == 0 {
+        return Err(SourceError::NoEvents {
+            origin: source.to_string(),
+            lines: lines.lines,
+        });
+    }
+    let input = verdict::InputSummary {
+        // A `compose logs` banner is not a log.
+        logs: logs.iter().filter(|l| l.lines.events > 0).count(),
+        lines,
+        samples,
+    };
+    Ok(check(&logs, opts, input))
+}

@@ -1,0 +1,312 @@
+//! Where logs come from: saved files (or stdin), or a compose project's containers through the
+//! Docker Engine API. Both stream line by line into an [`Ingest`].
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
+use futures::{StreamExt, TryStreamExt};
+
+use crate::ingest::{Ingest, NodeLog};
+
+/// Containers whose logs are read at once: enough to hide latency, few enough not to swamp the
+/// daemon while a thousand containers run.
+const DOCKER_CONCURRENCY: usize = 16;
+
+/// What to read.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A folder of per-node logs, one file, or `-` for stdin.
+    Files(PathBuf),
+    /// Every container (running or not) of this compose project.
+    Compose(String),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Files(p) if p.as_os_str() == "-" => write!(f, "stdin"),
+            Source::Files(p) => write!(f, "{}", p.display()),
+            Source::Compose(project) => write!(f, "compose project \"{project}\""),
+        }
+    }
+}
+
+/// Why logs could not be read (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("no log files in {0} (expected one file per node, or `docker compose logs` output)")]
+    NoFiles(String),
+    #[error(
+        "cannot reach the Docker daemon: {0}. Is Docker running (DOCKER_HOST, /var/run/docker.sock)? \
+         Saved logs can be checked with --logs PATH"
+    )]
+    NoDaemon(String),
+    #[error("the Docker daemon failed: {0}")]
+    Docker(String),
+    #[error(
+        "no containers in compose project \"{0}\": is it up? Name it with --project or \
+         COMPOSE_PROJECT_NAME (docker compose ls / docker ps list projects)"
+    )]
+    NoContainers(String),
+    #[error("no kad-testbed events in {origin} ({lines} lines read): is this a kad-node log?")]
+    NoEvents { origin: String, lines: u64 },
+}
+
+/// Reads `source` completely.
+pub async fn read(source: &Source) -> Result<Ingest, SourceError> {
+    let mut ingest = Ingest::new();
+    match source {
+        Source::Files(path) => read_files(path, &mut ingest)?,
+        Source::Compose(project) => read_compose(project, &mut ingest).await?,
+    }
+    Ok(ingest)
+}
+
+fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
+    if path.as_os_str() == "-" {
+        return read_stream("stdin", std::io::stdin().lock(), ingest);
+    }
+    let io = |source| SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_dir() {
+        let file = std::fs::File::open(path).map_err(io)?;
+        return read_stream(&node_name(path), file, ingest);
+    }
+    // A run folder (runs/<name>/) keeps its node logs in logs/.
+    let dir = if path.join("logs").is_dir() {
+        path.join("logs")
+    } else {
+        path.to_owned()
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .collect();
+    if files.is_empty() {
+        return Err(SourceError::NoFiles(dir.display().to_string()));
+    }
+    files.sort();
+    for file in files {
+        let f = std::fs::File::open(&file).map_err(|source| SourceError::Io {
+            path: file.display().to_string(),
+            source,
+        })?;
+        read_stream(&node_name(&file), f, ingest)?;
+    }
+    Ok(())
+}
+
+/// The node name for a file: its name without a log-ish extension.
+fn node_name(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string());
+    for ext in [".jsonl", ".log", ".txt", ".json"] {
+        if let Some(stem) = name.strip_suffix(ext) {
+            return stem.to_owned();
+        }
+    }
+    name
+}
+
+/// Reads lines (invalid UTF-8 and colours tolerated) from `reader` as the file `name`.
+fn read_stream(name: &str, reader: impl Read, ingest: &mut Ingest) -> Result<(), SourceError> {
+    let mut reader = BufReader::with_capacity(256 * 1024, reader);
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|source| SourceError::Io {
+                path: name.to_owned(),
+                source,
+            })?;
+        if n == 0 {
+            return Ok(());
+        }
+        let text = String::from_utf8_lossy(&buf);
+        let line = text.trim_end_matches(['\n', '\r']);
+        if line.contains('\x1b') {
+            let plain = strip_ansi_escapes::strip_str(line);
+            ingest.push_file_line(name, &plain);
+        } else {
+            ingest.push_file_line(name, line);
+        }
+    }
+}
+
+/// Connects to the local Docker daemon (DOCKER_HOST or the default socket) at an API version both
+/// sides speak (Docker 20.10 speaks 1.41).
+pub async fn connect_docker() -> Result<Docker, SourceError> {
+    let docker = Docker::connect_with_defaults().map_err(|e| SourceError::NoDaemon(e.to_string()))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| SourceError::NoDaemon(e.to_string()))
+}
+
+/// The containers of a compose project: (name, running).
+pub async fn project_containers(
+    docker: &Docker,
+    project: &str,
+) -> Result<Vec<(String, bool)>, SourceError> {
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| SourceError::Docker(e.to_string()))?;
+    Ok(containers
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.names?.first()?.trim_start_matches('/').to_owned();
+            use bollard::models::ContainerSummaryStateEnum as State;
+            let running = matches!(
+                c.state,
+                Some(State::RUNNING | State::PAUSED | State::RESTARTING)
+            );
+            Some((name, running))
+        })
+        .collect())
+}
+
+async fn read_compose(project: &str, ingest: &mut Ingest) -> Result<(), SourceError> {
+    let docker = connect_docker().await?;
+    let containers = project_containers(&docker, project).await?;
+    if containers.is_empty() {
+        return Err(SourceError::NoContainers(project.to_owned()));
+    }
+    let docker = &docker;
+    let logs: Vec<(NodeLog, Vec<String>)> = futures::stream::iter(containers)
+        .map(|(name, running)| async move {
+            let mut one = Ingest::new();
+            read_container(docker, &name, &mut one).await?;
+            if !running {
+                one.mark_exited(&name);
+            }
+            let (mut logs, samples) = one.into_logs();
+            let log = logs.pop().unwrap_or_else(|| NodeLog::new(name));
+            Ok::<_, SourceError>((log, samples))
+        })
+        .buffer_unordered(DOCKER_CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (log, samples) in logs {
+        ingest.insert(log);
+        ingest.samples.extend(samples.into_iter().take(2));
+    }
+    Ok(())
+}
+
+/// Streams one container's stdout (not stderr: diagnostics live there) into `ingest`.
+async fn read_container(
+    docker: &Docker,
+    name: &str,
+    ingest: &mut Ingest,
+) -> Result<(), SourceError> {
+    let options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(false)
+        .follow(false)
+        .tail("all")
+        .build();
+    let mut stream = docker.logs(name, Some(options));
+    let mut partial: Vec<u8> = Vec::new();
+    while let Some(frame) = stream.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // The container went away while we read it: what we have is what there is.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => break,
+            Err(e) => return Err(SourceError::Docker(format!("logs of {name}: {e}"))),
+        };
+        let bytes = match frame {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => message,
+            _ => continue,
+        };
+        partial.extend_from_slice(&bytes);
+        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=pos).collect();
+            let text = String::from_utf8_lossy(&line[..pos]);
+            ingest.push_line(name, text.trim_end_matches('\r'));
+        }
+    }
+    if !partial.is_empty() {
+        // A last line without its newline: the node was killed mid-write.
+        ingest.push_line(name, &String::from_utf8_lossy(&partial));
+    }
+    Ok(())
+}
+
+/// The project name `docker compose` would use in `dir`: COMPOSE_PROJECT_NAME from the
+/// environment or `dir/.env`, else the folder's name, normalised the way compose does.
+pub fn default_project_name(dir: &Path) -> String {
+    let from_env = std::env::var("COMPOSE_PROJECT_NAME")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let from_dotenv = || {
+        let text = std::fs::read_to_string(dir.join(".env")).ok()?;
+        text.lines().find_map(|l| {
+            let value = l.trim().strip_prefix("COMPOSE_PROJECT_NAME=")?;
+            let value = value.trim().trim_matches(['"', '\'']);
+            (!value.is_empty()).then(|| value.to_owned())
+        })
+    };
+    let raw = from_env.or_else(from_dotenv).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    normalize_project_name(&raw)
+}
+
+/// Lowercase, only `[a-z0-9_-]`, starting with a letter or digit (compose's own rule).
+pub fn normalize_project_name(raw: &str) -> String {
+    let kept: String = raw
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        .collect();
+    kept.trim_start_matches(['_', '-']).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_names_are_normalised_like_compose_does() {
+        assert_eq!(normalize_project_name("My.Project_1"), "myproject_1");
+        assert_eq!(normalize_project_name("-kad-testbed"), "kad-testbed");
+    }
+
+    #[test]
+    fn node_names_drop_log_extensions() {
+        assert_eq!(node_name(Path::new("runs/x/logs/kad-peer-3.log")), "kad-peer-3");
+        assert_eq!(node_name(Path::new("a.jsonl")), "a");
+        assert_eq!(node_name(Path::new("b")), "b");
+    }
+}

@@ -1,0 +1,749 @@
+//! The verdict: a pure function from node logs to a [`Report`].
+//!
+//! No I/O and no clock: the same logs always give the same report, which is what lets the tests
+//! pin every property and every explanation on captured runs and hand-made broken ones.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use serde::Serialize;
+use testbed_events::{KadKey, Role, SnapshotReason, Timestamp, kad_key};
+
+use crate::ingest::{LineStats, NodeLog};
+
+/// Thresholds and switches, one flag each (see the binary's `--help`).
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Every live peer must be in at least this many other live nodes' tables.
+    pub min_seen: usize,
+    /// Also require every node to know every other (meaningful while N ≤ bucket size).
+    pub full_mesh: bool,
+    /// k of the k-closest health property.
+    pub closest_k: usize,
+    /// Share of live nodes that must hold all of their k closest live peers, 0.0..=1.0.
+    pub closest_threshold: f64,
+    /// Fail unless exactly this many nodes are live.
+    pub expect_nodes: Option<usize>,
+    /// Logs where every node stopped: nodes that stopped within this gap of each other at the end
+    /// stopped *with the run* and are judged on their state before the shutdown.
+    pub shutdown_gap: Duration,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        Self {
+            min_seen: 1,
+            full_mesh: false,
+            closest_k: 20,
+            closest_threshold: DEFAULT_CLOSEST_THRESHOLD,
+            expect_nodes: None,
+            shutdown_gap: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The default k-closest threshold. A healthy testbed network reaches 100 % (see BENCHMARKS.md);
+/// 90 % leaves room for the few nodes still finishing a lookup when the check runs. (ProbeLab
+/// measured 61 % on the public IPFS DHT, which is far from a lab network.)
+pub const DEFAULT_CLOSEST_THRESHOLD: f64 = 0.9;
+
+/// How a node is judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Running: must be seen, must know peers.
+    Live,
+    /// Stopped in the shutdown that ended the run: judged on its state before it.
+    StoppedWithRun,
+    /// Left while the others ran (stopped or exited): not required; entries for it are stale.
+    Departed,
+}
+
+impl NodeState {
+    fn judged(self) -> bool {
+        self != NodeState::Departed
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeReport {
+    pub name: String,
+    pub peer_id: String,
+    pub role: Option<Role>,
+    pub state: NodeState,
+    pub restarts: u32,
+    /// Peers in its latest table (all of them).
+    pub table_size: usize,
+    /// Judged (live) peers in its latest table.
+    pub live_in_table: usize,
+    /// Judged nodes whose latest table holds this node.
+    pub seen_by: usize,
+    /// Of its k closest live peers, how many its table holds.
+    pub closest_found: usize,
+    pub closest_wanted: usize,
+}
+
+/// Whether a property held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Fail,
+    /// Not asked for.
+    Skipped,
+}
+
+/// One property's result: `holds` of `of` items passed.
+#[derive(Debug, Clone, Serialize)]
+pub struct PropertyResult {
+    /// Stable identifier, e.g. `seen`.
+    pub id: &'static str,
+    pub title: String,
+    pub status: Status,
+    pub holds: usize,
+    pub of: usize,
+    /// One line per failing item: node, expected, found, and why when the logs say.
+    pub failures: Vec<String>,
+}
+
+/// k-closest health over the network.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClosestSummary {
+    pub k: usize,
+    /// Live nodes whose table holds all of their k closest live peers.
+    pub complete: usize,
+    pub of: usize,
+    /// `complete / of`.
+    pub share: f64,
+    /// Mean over nodes of (closest peers held / closest peers wanted).
+    pub mean_coverage: f64,
+    pub threshold: f64,
+}
+
+/// Where the verdict came from.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InputSummary {
+    /// Logs read (containers, files or `compose logs` prefixes).
+    pub logs: usize,
+    pub lines: LineStats,
+    /// Some bad lines, quoted.
+    pub samples: Vec<String>,
+}
+
+/// The whole verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub passed: bool,
+    /// Nodes judged (live, or stopped with the run).
+    pub live: usize,
+    pub departed: usize,
+    /// Set when every node had stopped: the run is judged on its state before the shutdown.
+    pub judged_before_shutdown: bool,
+    pub nodes: Vec<NodeReport>,
+    pub properties: Vec<PropertyResult>,
+    pub closest: ClosestSummary,
+    /// Entries in live tables that point at departed nodes.
+    pub stale_entries: usize,
+    pub warnings: Vec<String>,
+    pub input: InputSummary,
+}
+
+impl Report {
+    /// The property with this id.
+    pub fn property(&self, id: &str) -> Option<&PropertyResult> {
+        self.properties.iter().find(|p| p.id == id)
+    }
+
+    /// Properties that were checked and held, and those checked.
+    pub fn tally(&self) -> (usize, usize) {
+        let checked = self.properties.iter().filter(|p| p.status != Status::Skipped);
+        let n = checked.clone().count();
+        (checked.filter(|p| p.status == Status::Pass).count(), n)
+    }
+}
+
+/// Judges the network described by `logs`.
+pub fn check(logs: &[NodeLog], opts: &CheckOptions, input: InputSummary) -> Report {
+    let mut warnings = Vec::new();
+    let nodes = identified_nodes(logs, &mut warnings);
+    let (states, judged_before_shutdown) = classify(&nodes, opts.shutdown_gap);
+
+    let judged: Vec<usize> = (0..nodes.len()).filter(|&i| states[i].judged()).collect();
+    let index_of: HashMap<&str, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.peer_id.as_deref().unwrap_or_default(), i))
+        .collect();
+
+    // Who is in whose table.
+    let mut seen_by = vec![0usize; nodes.len()];
+    let mut live_in_table = vec![0usize; nodes.len()];
+    let mut tables: Vec<HashSet<usize>> = vec![HashSet::new(); nodes.len()];
+    let mut stale_entries = 0;
+    let mut unknown_entries = 0;
+    for &i in &judged {
+        let Some(table) = &nodes[i].table else { continue };
+        for entry in &table.peers {
+            match index_of.get(entry.peer_id.as_str()) {
+                Some(&j) if j == i => {}
+                Some(&j) if states[j].judged() => {
+                    if tables[i].insert(j) {
+                        seen_by[j] += 1;
+                        live_in_table[i] += 1;
+                    }
+                }
+                Some(_) => stale_entries += 1,
+                None => unknown_entries += 1,
+            }
+        }
+    }
+    if stale_entries > 0 {
+        warnings.push(format!(
+            "{stale_entries} routing-table entries point at departed nodes (stale, not an error)"
+        ));
+    }
+    if unknown_entries > 0 {
+        warnings.push(format!(
+            "{unknown_entries} routing-table entries point at peers with no log here (not an error if \
+             some logs were left out)"
+        ));
+    }
+
+    let closest = closest_coverage(&nodes, &judged, &tables, opts.closest_k, &mut warnings);
+    let latest_snapshot = judged
+        .iter()
+        .filter_map(|&i| nodes[i].table.as_ref().map(|t| t.ts))
+        .max();
+    let ctx = Context {
+        nodes: &nodes,
+        judged: &judged,
+        latest_snapshot,
+    };
+
+    let mut properties = Vec::new();
+    if let Some(expected) = opts.expect_nodes {
+        let failures = if judged.len() == expected {
+            vec![]
+        } else {
+            vec![format!(
+                "expected {expected} live nodes, found {} ({} logs with a node, {} departed)",
+                judged.len(),
+                nodes.len(),
+                nodes.len() - judged.len()
+            )]
+        };
+        properties.push(property(
+            "node_count",
+            format!("{expected} nodes are live"),
+            judged.len().min(expected),
+            expected,
+            failures,
+            true,
+        ));
+    }
+
+    let min_seen = opts.min_seen;
+    let mut failures = Vec::new();
+    for &i in &judged {
+        if seen_by[i] < min_seen {
+            failures.push(format!(
+                "{}: in {} other routing tables, expected ≥ {min_seen}{}",
+                label(nodes[i]),
+                seen_by[i],
+                because(&ctx.why_unseen(i))
+            ));
+        }
+    }
+    properties.push(property(
+        "seen",
+        format!("every live peer is in ≥ {min_seen} other node's routing table"),
+        judged.len() - failures.len(),
+        judged.len(),
+        failures,
+        true,
+    ));
+
+    let mut failures = Vec::new();
+    for &i in &judged {
+        if live_in_table[i] == 0 {
+            failures.push(format!(
+                "{}: routing table holds 0 live peers, expected ≥ 1{}",
+                label(nodes[i]),
+                because(&ctx.why_empty(i))
+            ));
+        }
+    }
+    properties.push(property(
+        "tables",
+        "every live node's routing table holds a live peer".into(),
+        judged.len() - failures.len(),
+        judged.len(),
+        failures,
+        true,
+    ));
+
+    let others = judged.len().saturating_sub(1);
+    let mut failures = Vec::new();
+    if opts.full_mesh {
+        for &i in &judged {
+            if live_in_table[i] < others {
+                let missing: Vec<String> = judged
+                    .iter()
+                    .filter(|&&j| j != i && !tables[i].contains(&j))
+                    .map(|&j| short_id(nodes[j].peer_id.as_deref().unwrap_or_default()))
+                    .collect();
+                failures.push(format!(
+                    "{}: knows {} of {others} other live nodes; missing {}",
+                    label(nodes[i]),
+                    live_in_table[i],
+                    abbreviated(&missing, 8)
+                ));
+            }
+        }
+    }
+    properties.push(property(
+        "full_mesh",
+        "every live node knows every other (--full-mesh)".into(),
+        judged.len() - failures.len(),
+        judged.len(),
+        failures,
+        opts.full_mesh,
+    ));
+
+    let mut failures = Vec::new();
+    if closest.share < opts.closest_threshold || judged.is_empty() {
+        let mut worst: Vec<&usize> = judged
+            .iter()
+            .filter(|&&i| closest.found[i] < closest.wanted[i])
+            .collect();
+        worst.sort_by_key(|&&i| (closest.found[i] * 1000) / closest.wanted[i].max(1));
+        failures.push(format!(
+            "{} of {} nodes ({:.0} %) hold all of their {} closest live peers, expected ≥ {:.0} %",
+            closest.complete,
+            judged.len(),
+            closest.share * 100.0,
+            opts.closest_k,
+            opts.closest_threshold * 100.0
+        ));
+        for &&i in worst.iter().take(10) {
+            failures.push(format!(
+                "{}: holds {} of its {} closest live peers",
+                label(nodes[i]),
+                closest.found[i],
+                closest.wanted[i]
+            ));
+        }
+        if worst.len() > 10 {
+            failures.push(format!("… and {} more nodes", worst.len() - 10));
+        }
+    }
+    properties.push(property(
+        "closest",
+        format!(
+            "≥ {:.0} % of live nodes hold their {} XOR-closest live peers",
+            opts.closest_threshold * 100.0,
+            opts.closest_k
+        ),
+        closest.complete,
+        judged.len(),
+        failures,
+        true,
+    ));
+
+    if judged.is_empty() {
+        let why = if nodes.is_empty() {
+            "no log holds a node_started event".to_owned()
+        } else {
+            format!("all {} nodes departed", nodes.len())
+        };
+        for p in properties.iter_mut().filter(|p| p.status != Status::Skipped) {
+            p.status = Status::Fail;
+            p.failures.insert(0, format!("no live nodes to judge: {why}"));
+        }
+    }
+
+    let passed = properties.iter().all(|p| p.status != Status::Fail);
+    let node_reports = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| NodeReport {
+            name: n.name.clone(),
+            peer_id: n.peer_id.clone().unwrap_or_default(),
+            role: n.role,
+            state: states[i],
+            restarts: n.incarnations.saturating_sub(1),
+            table_size: n.table.as_ref().map_or(0, |t| t.peers.len()),
+            live_in_table: live_in_table[i],
+            seen_by: seen_by[i],
+            closest_found: closest.found[i],
+            closest_wanted: closest.wanted[i],
+        })
+        .collect();
+    Report {
+        passed,
+        live: judged.len(),
+        departed: nodes.len() - judged.len(),
+        judged_before_shutdown,
+        nodes: node_reports,
+        properties,
+        closest: ClosestSummary {
+            k: opts.closest_k,
+            complete: closest.complete,
+            of: judged.len(),
+            share: closest.share,
+            mean_coverage: closest.mean,
+            threshold: opts.closest_threshold,
+        },
+        stale_entries,
+        warnings,
+        input,
+    }
+}
+
+/// Logs that name a node; duplicates of one peer id keep the latest incarnation.
+fn identified_nodes<'a>(logs: &'a [NodeLog], warnings: &mut Vec<String>) -> Vec<&'a NodeLog> {
+    let mut by_peer: HashMap<&str, &NodeLog> = HashMap::new();
+    let mut nameless = Vec::new();
+    for log in logs {
+        let Some(peer) = log.peer_id.as_deref() else {
+            if log.lines.events > 0 {
+                nameless.push(log.name.as_str());
+            }
+            continue;
+        };
+        match by_peer.get(peer) {
+            Some(other) => {
+                warnings.push(format!(
+                    "{} and {} are the same node ({}); using the later one",
+                    other.name, log.name, peer
+                ));
+                if log.started > other.started {
+                    by_peer.insert(peer, log);
+                }
+            }
+            None => {
+                by_peer.insert(peer, log);
+            }
+        }
+    }
+    if !nameless.is_empty() {
+        warnings.push(format!(
+            "{} logs have events but no node_started (it may have been rotated away), so they \
+             cannot be judged: {}",
+            nameless.len(),
+            abbreviated(&nameless, 5)
+        ));
+    }
+    let mut nodes: Vec<&NodeLog> = by_peer.into_values().collect();
+    nodes.sort_by(|a, b| node_order(a).cmp(&node_order(b)));
+    nodes
+}
+
+/// Bootstrap first, then by name with numbers in numeric order (peer_2 before peer_10).
+fn node_order(n: &NodeLog) -> (bool, Vec<NameChunk>) {
+    (n.role != Some(Role::Bootstrap), natural_key(&n.name))
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum NameChunk {
+    Text(String),
+    Number(u64),
+}
+
+fn natural_key(s: &str) -> Vec<NameChunk> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        if digits > 0 {
+            out.push(NameChunk::Number(rest[..digits].parse().unwrap_or(u64::MAX)));
+            rest = &rest[digits..];
+        } else {
+            let text = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            out.push(NameChunk::Text(rest[..text].to_owned()));
+            rest = &rest[text..];
+        }
+    }
+    out
+}
+
+/// Each node's state, and whether the whole run had shut down.
+fn classify(nodes: &[&NodeLog], gap: Duration) -> (Vec<NodeState>, bool) {
+    let all_down = !nodes.is_empty() && nodes.iter().all(|n| n.is_down());
+    // When every node is down, the last wave of stops (each within `gap` of the next) is the
+    // run's own shutdown; earlier stops were departures.
+    let wave_start = all_down.then(|| {
+        let mut downs: Vec<Timestamp> = nodes.iter().filter_map(|n| n.down_at()).collect();
+        downs.sort_unstable_by(|a, b| b.cmp(a));
+        let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
+        let mut start = downs.first().copied().unwrap_or_default();
+        for t in downs.into_iter().skip(1) {
+            if start.millis_since(t) > gap_ms {
+                break;
+            }
+            start = t;
+        }
+        start
+    });
+    let states = nodes
+        .iter()
+        .map(|n| match (n.is_down(), wave_start) {
+            (false, _) => NodeState::Live,
+            (true, Some(start)) if n.down_at().is_some_and(|t| t >= start) => {
+                NodeState::StoppedWithRun
+            }
+            (true, _) => NodeState::Departed,
+        })
+        .collect();
+    (states, all_down)
+}
+
+struct Closest {
+    found: Vec<usize>,
+    wanted: Vec<usize>,
+    complete: usize,
+    share: f64,
+    mean: f64,
+}
+
+/// For each judged node: how many of its k XOR-closest judged peers its table holds.
+fn closest_coverage(
+    nodes: &[&NodeLog],
+    judged: &[usize],
+    tables: &[HashSet<usize>],
+    k: usize,
+    warnings: &mut Vec<String>,
+) -> Closest {
+    let mut keys: Vec<(usize, KadKey)> = Vec::with_capacity(judged.len());
+    for &i in judged {
+        let peer = nodes[i].peer_id.as_deref().unwrap_or_default();
+        match kad_key(peer) {
+            Ok(key) => keys.push((i, key)),
+            Err(e) => warnings.push(format!("{}: {e}; left out of k-closest", nodes[i].name)),
+        }
+    }
+    let mut found = vec![0; nodes.len()];
+    let mut wanted = vec![0; nodes.len()];
+    let mut complete = 0;
+    let mut coverage_sum = 0.0;
+    let mut distances: Vec<([u8; 32], usize)> = Vec::with_capacity(keys.len());
+    for &(i, key) in &keys {
+        distances.clear();
+        distances.extend(
+            keys.iter()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, other)| (key.distance(other), *j)),
+        );
+        let want = k.min(distances.len());
+        if want == 0 {
+            continue;
+        }
+        if want < distances.len() {
+            distances.select_nth_unstable(want - 1);
+        }
+        let held = distances[..want]
+            .iter()
+            .filter(|(_, j)| tables[i].contains(j))
+            .count();
+        found[i] = held;
+        wanted[i] = want;
+        coverage_sum += held as f64 / want as f64;
+        if held == want {
+            complete += 1;
+        }
+    }
+    let n = judged.len();
+    let share = if n == 0 {
+        0.0
+    } else {
+        complete as f64 / n as f64
+    };
+    let mean = if n == 0 { 0.0 } else { coverage_sum / n as f64 };
+    Closest {
+        found,
+        wanted,
+        complete,
+        share,
+        mean,
+    }
+}
+
+/// What the evidence explains about a node.
+struct Context<'a> {
+    nodes: &'a [&'a NodeLog],
+    judged: &'a [usize],
+    latest_snapshot: Option<Timestamp>,
+}
+
+impl Context<'_> {
+    /// Why no (or too few) tables hold node `i`.
+    fn why_unseen(&self, i: usize) -> Vec<String> {
+        let node = self.nodes[i];
+        let peer = node.peer_id.as_deref().unwrap_or_default();
+        let mut why = Vec::new();
+        if let (Some(started), Some(latest)) = (node.started, self.latest_snapshot) {
+            let others_latest = self
+                .judged
+                .iter()
+                .filter(|&&j| j != i)
+                .filter_map(|&j| self.nodes[j].table.as_ref().map(|t| t.ts))
+                .max()
+                .unwrap_or(latest);
+            if started > others_latest {
+                why.push(format!(
+                    "it started at {started}, after the other nodes' latest snapshots ({others_latest}); \
+                     check again later or with --wait"
+                ));
+            }
+        }
+        let connected_from = self.count_others(i, |o| o.connected.contains(peer));
+        if connected_from == 0 && node.connected.is_empty() {
+            why.push("it never connected to any node".into());
+        }
+        let unroutable = self.count_others(i, |o| o.unroutable.contains(peer));
+        if unroutable > 0 {
+            why.push(format!(
+                "{unroutable} nodes saw it only as unroutable (connected, but identify gave no \
+                 dialable address)"
+            ));
+        }
+        let no_kad = self.count_others(i, |o| o.no_kad.contains(peer));
+        if no_kad > 0 {
+            why.push(format!(
+                "{no_kad} nodes saw it identify without the Kademlia protocol (client mode?)"
+            ));
+        }
+        why.extend(dial_evidence(node));
+        if why.is_empty() {
+            why.push(format!(
+                "{} nodes connected to it, yet no judged table holds it",
+                connected_from.max(node.connected.len())
+            ));
+        }
+        why
+    }
+
+    /// Why node `i` knows no live peer.
+    fn why_empty(&self, i: usize) -> Vec<String> {
+        let node = self.nodes[i];
+        let mut why = Vec::new();
+        match &node.table {
+            None => why.push("it wrote no routing_table yet".into()),
+            Some(t) if t.reason == SnapshotReason::Shutdown => {}
+            Some(_) => {}
+        }
+        if node.connected.is_empty() {
+            why.push("it never connected to any node".into());
+        }
+        why.extend(dial_evidence(node));
+        if node.role == Some(Role::Peer) && node.initial_bootstrap.is_none() {
+            why.push("it never completed its initial Kademlia bootstrap".into());
+        }
+        why
+    }
+
+    fn count_others(&self, i: usize, f: impl Fn(&NodeLog) -> bool) -> usize {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, o)| *j != i && f(o))
+            .count()
+    }
+}
+
+fn dial_evidence(node: &NodeLog) -> Vec<String> {
+    let mut why = Vec::new();
+    if node.bootstrap_dial_failures > 0 && node.connected.is_empty() {
+        why.push(format!(
+            "its bootstrap dials failed {} times, last: {}",
+            node.bootstrap_dial_failures,
+            node.last_bootstrap_error.as_deref().unwrap_or("?")
+        ));
+    }
+    if node.dial_failures > 0 {
+        why.push(format!(
+            "{} of its dials failed, last: {}",
+            node.dial_failures,
+            node.last_dial_error.as_deref().unwrap_or("?")
+        ));
+    }
+    why
+}
+
+fn property(
+    id: &'static str,
+    title: String,
+    holds: usize,
+    of: usize,
+    failures: Vec<String>,
+    enabled: bool,
+) -> PropertyResult {
+    let status = match (enabled, failures.is_empty()) {
+        (false, _) => Status::Skipped,
+        (true, true) => Status::Pass,
+        (true, false) => Status::Fail,
+    };
+    PropertyResult {
+        id,
+        title,
+        status,
+        holds,
+        of,
+        failures,
+    }
+}
+
+/// `name (12D3…abcd)`.
+pub fn label(n: &NodeLog) -> String {
+    format!(
+        "{} ({})",
+        n.name,
+        short_id(n.peer_id.as_deref().unwrap_or("?"))
+    )
+}
+
+/// `12D3…wXyZ`: enough to tell nodes apart in a table.
+pub fn short_id(peer: &str) -> String {
+    if peer.len() <= 12 {
+        return peer.to_owned();
+    }
+    format!("{}…{}", &peer[..4], &peer[peer.len() - 6..])
+}
+
+fn because(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", reasons.join("; "))
+    }
+}
+
+fn abbreviated<T: AsRef<str>>(items: &[T], max: usize) -> String {
+    let shown: Vec<&str> = items.iter().take(max).map(AsRef::as_ref).collect();
+    let mut text = shown.join(", ");
+    if items.len() > max {
+        text.push_str(&format!(" and {} more", items.len() - max));
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_naturally_with_the_bootstrap_first() {
+        let mut names = vec!["kad-peer-10", "kad-peer-2", "kad-peer-1"];
+        names.sort_by_key(|n| natural_key(n));
+        assert_eq!(names, ["kad-peer-1", "kad-peer-2", "kad-peer-10"]);
+    }
+
+    #[test]
+    fn short_ids_keep_both_ends() {
+        assert_eq!(
+            short_id("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"),
+            "12D3…x6nXTN"
+        );
+    }
+}
