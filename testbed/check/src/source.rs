@@ -162,6 +162,8 @@ pub async fn connect_docker() -> Result<Docker, SourceError> {
 }
 
 /// The containers of a compose project: (name, running).
+///
+/// API calls take the full container name; reports use [`short_name`].
 pub async fn project_containers(
     docker: &Docker,
     project: &str,
@@ -192,6 +194,15 @@ pub async fn project_containers(
         .collect())
 }
 
+/// A container's name without its compose project prefix: `peer_3` (v1) or `peer-3` (v2).
+pub fn short_name<'a>(container: &'a str, project: &str) -> &'a str {
+    container
+        .strip_prefix(project)
+        .and_then(|rest| rest.strip_prefix(['_', '-']))
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(container)
+}
+
 async fn read_compose(project: &str, ingest: &mut Ingest) -> Result<(), SourceError> {
     let docker = connect_docker().await?;
     let containers = project_containers(&docker, project).await?;
@@ -200,11 +211,12 @@ async fn read_compose(project: &str, ingest: &mut Ingest) -> Result<(), SourceEr
     }
     let docker = &docker;
     let logs: Vec<(NodeLog, Vec<String>)> = futures::stream::iter(containers)
-        .map(|(name, running)| async move {
+        .map(|(container, running)| async move {
+            let name = short_name(&container, project);
             let mut one = Ingest::new();
-            read_container(docker, &name, &mut one).await?;
+            read_container(docker, &container, name, &mut one).await?;
             if !running {
-                one.mark_exited(&name);
+                one.mark_exited(name);
             }
             let (mut logs, samples) = one.into_logs();
             let log = logs.pop().unwrap_or_else(|| NodeLog::new(name));
@@ -223,6 +235,7 @@ async fn read_compose(project: &str, ingest: &mut Ingest) -> Result<(), SourceEr
 /// Streams one container's stdout (not stderr: diagnostics live there) into `ingest`.
 async fn read_container(
     docker: &Docker,
+    container: &str,
     name: &str,
     ingest: &mut Ingest,
 ) -> Result<(), SourceError> {
@@ -232,7 +245,7 @@ async fn read_container(
         .follow(false)
         .tail("all")
         .build();
-    let mut stream = docker.logs(name, Some(options));
+    let mut stream = docker.logs(container, Some(options));
     let mut partial: Vec<u8> = Vec::new();
     while let Some(frame) = stream.next().await {
         let frame = match frame {
@@ -241,7 +254,7 @@ async fn read_container(
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => break,
-            Err(e) => return Err(SourceError::Docker(format!("logs of {name}: {e}"))),
+            Err(e) => return Err(SourceError::Docker(format!("logs of {container}: {e}"))),
         };
         let bytes = match frame {
             LogOutput::StdOut { message } | LogOutput::Console { message } => message,
@@ -301,6 +314,13 @@ mod tests {
     fn project_names_are_normalised_like_compose_does() {
         assert_eq!(normalize_project_name("My.Project_1"), "myproject_1");
         assert_eq!(normalize_project_name("-kad-testbed"), "kad-testbed");
+    }
+
+    #[test]
+    fn container_names_lose_their_project_prefix() {
+        assert_eq!(short_name("kt-run-1_peer_3", "kt-run-1"), "peer_3");
+        assert_eq!(short_name("kt-run-1-peer-3", "kt-run-1"), "peer-3");
+        assert_eq!(short_name("other", "kt-run-1"), "other");
     }
 
     #[test]

@@ -1,1 +1,221 @@
-fn main() {}
+//! `testbed`: the one command that builds the image, brings a kad-testbed network up, checks it,
+//! saves its logs under `runs/<name>/` and tears it down.
+//!
+//! # Layout
+//!
+//! * `main.rs`: subcommands `up`, `down`, `image`, `bench`.
+//! * `run.rs`: one run, with its always-run save-and-teardown.
+//! * `compose.rs`: `docker compose` (v2) or `docker-compose` (v1.29).
+//! * `engine.rs`: the Docker Engine API (bollard): waiting, logs, resources, teardown.
+//! * `image.rs`: building the image from a local static binary or from source.
+//! * `host.rs`: host limits (the neighbour table) checked, and raised where allowed.
+//! * `bench.rs`: runs at several sizes and writes BENCHMARKS.md.
+//!
+//! This is the only code that drives Docker: the node never reads logs, the checker never starts
+//! containers.
+
+mod compose;
+mod engine;
+mod host;
+mod image;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use testbed_check::CheckOptions;
+use testbed_check::verdict::DEFAULT_CLOSEST_THRESHOLD;
+
+use crate::compose::Compose;
+use crate::image::BuildMode;
+
+/// Build, run, check and tear down a kad-testbed network.
+///
+/// Exit codes: 0 the DHT formed (every property held), 1 a property failed, 2 the run itself
+/// failed (no Docker, compose error, containers did not start).
+#[derive(Debug, Parser)]
+#[command(name = "testbed", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Bring up bootstrap + N peers, check them, save logs to runs/<name>/, tear down.
+    Up(UpArgs),
+    /// Remove every container and network of a compose project (16 at a time, retried).
+    Down {
+        /// The compose project, as printed by `up` (kt-…).
+        project: String,
+    },
+    /// Build the kad-node image only.
+    Image(ImageArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+struct ImageArgs {
+    /// How to build the image [default: host on x86-64 Linux, source elsewhere].
+    #[arg(long, value_enum)]
+    build: Option<BuildMode>,
+
+    /// Image tag to build and run.
+    #[arg(long, env = "KAD_IMAGE", default_value = "kad-testbed/kad-node:dev")]
+    image: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct UpArgs {
+    /// Number of peers besides the bootstrap node.
+    #[arg(long, default_value_t = 10)]
+    peers: usize,
+
+    /// Run name, the folder under runs/ [default: up-<time>-<peers>p].
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Compose overlay files (compose/*.yml), applied in order.
+    #[arg(long = "overlay", value_name = "FILE")]
+    overlays: Vec<PathBuf>,
+
+    /// Leave the network running after the check.
+    #[arg(long)]
+    keep: bool,
+
+    /// How long the DHT may take to form once every container runs [default: 60s + 0.3s a peer].
+    #[arg(long, value_parser = parse_duration)]
+    wait: Option<Duration>,
+
+    /// How long starting the containers may take [default: 60s + 1s a peer].
+    #[arg(long, value_parser = parse_duration)]
+    up_timeout: Option<Duration>,
+
+    /// Also require a full mesh (every node knows every other; only for ≤ 20 peers).
+    #[arg(long)]
+    full_mesh: bool,
+
+    /// Share of nodes that must hold all of their 20 closest peers.
+    #[arg(long, default_value_t = DEFAULT_CLOSEST_THRESHOLD)]
+    closest_threshold: f64,
+
+    /// Run even if the host's neighbour table looks too small for this many nodes.
+    #[arg(long)]
+    ignore_host_limits: bool,
+
+    #[command(flatten)]
+    image: ImageArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("testbed: error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Cmd::Up(args) => up(args).await,
+            Cmd::Down { project } => down(&project).await,
+            Cmd::Image(args) => build_image(&args).map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("testbed: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The workspace root: where docker-compose.yml and runs/ live.
+fn root() -> PathBuf {
+    let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&compiled).unwrap_or(compiled)
+}
+
+fn build_image(args: &ImageArgs) -> anyhow::Result<()> {
+    let mode = args.build.unwrap_or_else(BuildMode::auto);
+    if mode != BuildMode::None {
+        eprintln!("testbed: building image {} ({mode:?})", args.image);
+    }
+    image::build(mode, &args.image, &root())
+}
+
+/// A unique run name and its compose project.
+fn names(name: Option<String>, prefix: &str, peers: usize) -> (String, String) {
+    let name = name.unwrap_or_else(|| {
+        let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        let stamp: String = now.chars().filter(|c| c.is_ascii_digit()).collect();
+        format!("{prefix}-{stamp}-{peers}p")
+    });
+    let suffix: u16 = rand::random();
+    let project = testbed_check::source::normalize_project_name(&format!("kt-{name}-{suffix:04x}"));
+    (name, project)
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<u8> {
+    let nodes = args.peers + 1;
+    for note in host::check_neighbour_table(nodes, args.ignore_host_limits)?.notes {
+        eprintln!("testbed: {note}");
+    }
+    let docker = testbed_check::source::connect_docker().await?;
+    let compose = Compose::detect()?;
+    build_image(&args.image)?;
+    let (name, project) = names(args.name, "up", args.peers);
+    let spec = run::RunSpec {
+        name,
+        project,
+        peers: args.peers,
+        root: root(),
+        overlays: args.overlays,
+        image: args.image.image,
+        compose,
+        keep: args.keep,
+        wait: args
+            .wait
+            .unwrap_or(Duration::from_secs(60) + Duration::from_millis(300) * args.peers as u32),
+        up_timeout: args
+            .up_timeout
+            .unwrap_or(Duration::from_secs(60 + args.peers as u64)),
+        check: CheckOptions {
+            full_mesh: args.full_mesh,
+            closest_threshold: args.closest_threshold,
+            expect_nodes: Some(nodes),
+            ..CheckOptions::default()
+        },
+        env: Vec::new(),
+        sample_resources: false,
+    };
+    let outcome = run::execute(&spec, &docker).await;
+    Ok(outcome.exit_code())
+}
+
+async fn down(project: &str) -> anyhow::Result<u8> {
+    let docker = testbed_check::source::connect_docker().await?;
+    let teardown = engine::teardown(&docker, project).await;
+    eprintln!(
+        "testbed: removed {} containers and {} networks of {project}",
+        teardown.containers_removed, teardown.networks_removed
+    );
+    if teardown.leftovers.is_empty() {
+        Ok(0)
+    } else {
+        eprintln!("testbed: could not remove: {}", teardown.leftovers.join(", "));
+        Ok(2)
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 90s or 5m)"))
+}

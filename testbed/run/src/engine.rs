@@ -1,0 +1,270 @@
+//! The Docker Engine side of a run: waiting for containers, saving their logs, measuring them,
+//! and a teardown that copes with hundreds of containers.
+//!
+//! Teardown does not use `compose down`: a mass `down` of ~100+ containers on Docker 20.10 can
+//! leave the network with "active endpoints" that only a daemon restart clears (Testground #696
+//! reports the same above ~250). Stopping with bounded parallelism, then removing the containers,
+//! then the network, retried, left nothing behind here.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{
+    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
+};
+use futures::StreamExt;
+use testbed_check::source::{project_containers, short_name};
+
+/// Containers handled at once: the daemon serialises much of the work anyway, and more at once
+/// is what left stale endpoints behind.
+const PARALLEL: usize = 16;
+
+/// Seconds `docker stop` waits before SIGKILL. A node flushes and exits in well under one.
+const STOP_TIMEOUT_S: i32 = 10;
+
+/// Waits until `expected` containers of `project` run, or fails after `limit` saying how many do.
+pub async fn wait_running(
+    docker: &Docker,
+    project: &str,
+    expected: usize,
+    limit: Duration,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    loop {
+        let containers = project_containers(docker, project).await?;
+        let running = containers.iter().filter(|(_, r)| *r).count();
+        progress(running);
+        if running >= expected {
+            return Ok(started.elapsed());
+        }
+        if started.elapsed() >= limit {
+            anyhow::bail!(
+                "only {running} of {expected} containers running after {}s ({} exist)",
+                limit.as_secs(),
+                containers.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// What a teardown did and could not do.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Teardown {
+    pub containers_removed: usize,
+    pub networks_removed: usize,
+    /// What is still there, to remove by hand (`docker rm -f …`, `docker network rm …`).
+    pub leftovers: Vec<String>,
+}
+
+/// Stops every container of `project` (SIGTERM, so nodes flush their final snapshot), at most
+/// [`PARALLEL`] at a time. Errors are collected, not fatal.
+pub async fn stop_all(docker: &Docker, project: &str) -> anyhow::Result<Vec<String>> {
+    let containers = project_containers(docker, project).await?;
+    let errors = futures::stream::iter(containers.into_iter().filter(|(_, running)| *running))
+        .map(|(name, _)| async move {
+            let options = StopContainerOptionsBuilder::new().t(STOP_TIMEOUT_S).build();
+            docker
+                .stop_container(&name, Some(options))
+                .await
+                .err()
+                .map(|e| format!("stop {name}: {e}"))
+        })
+        .buffer_unordered(PARALLEL)
+        .filter_map(futures::future::ready)
+        .collect()
+        .await;
+    Ok(errors)
+}
+
+/// Removes every container and network of `project`: stop, remove, then the networks, retried.
+pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
+    let mut result = Teardown::default();
+    if let Ok(errors) = stop_all(docker, project).await {
+        result.leftovers.extend(errors);
+    }
+    for attempt in 0..3 {
+        let Ok(containers) = project_containers(docker, project).await else {
+            continue;
+        };
+        if containers.is_empty() {
+            break;
+        }
+        let removed: Vec<bool> = futures::stream::iter(containers)
+            .map(|(name, _)| async move {
+                let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+                docker.remove_container(&name, Some(options)).await.is_ok()
+            })
+            .buffer_unordered(PARALLEL)
+            .collect()
+            .await;
+        result.containers_removed += removed.iter().filter(|r| **r).count();
+        tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
+    }
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let list_networks = || async {
+        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+        docker.list_networks(Some(options)).await.unwrap_or_default()
+    };
+    for attempt in 0..5u32 {
+        let networks = list_networks().await;
+        if networks.is_empty() {
+            break;
+        }
+        for network in networks {
+            if let Some(name) = network.name
+                && docker.remove_network(&name).await.is_ok()
+            {
+                result.networks_removed += 1;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
+    }
+    if let Ok(containers) = project_containers(docker, project).await {
+        result
+            .leftovers
+            .extend(containers.into_iter().map(|(n, _)| format!("container {n}")));
+    }
+    for network in list_networks().await {
+        result.leftovers.push(format!(
+            "network {} (if it reports active endpoints, only restarting the Docker daemon clears it)",
+            network.name.unwrap_or_default()
+        ));
+    }
+    result
+}
+
+/// Saves each container's stdout (the events) to `dir/logs/<name>.log` and its stderr
+/// (diagnostics) to `dir/diag/<name>.log`. Returns the bytes of events saved.
+pub async fn save_logs(docker: &Docker, project: &str, dir: &Path) -> anyhow::Result<u64> {
+    let logs_dir = dir.join("logs");
+    let diag_dir = dir.join("diag");
+    std::fs::create_dir_all(&logs_dir)
+        .and_then(|()| std::fs::create_dir_all(&diag_dir))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let containers = project_containers(docker, project).await?;
+    let sizes: Vec<anyhow::Result<u64>> = futures::stream::iter(containers)
+        .map(|(name, _)| {
+            let short = short_name(&name, project);
+            let out_path = logs_dir.join(format!("{short}.log"));
+            let err_path = diag_dir.join(format!("{short}.log"));
+            async move { save_one(docker, &name, &out_path, &err_path).await }
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    let mut total = 0;
+    for size in sizes {
+        total += size?;
+    }
+    Ok(total)
+}
+
+async fn save_one(
+    docker: &Docker,
+    name: &str,
+    out_path: &Path,
+    err_path: &Path,
+) -> anyhow::Result<u64> {
+    let create = |p: &Path| {
+        std::fs::File::create(p)
+            .map(std::io::BufWriter::new)
+            .with_context(|| format!("cannot write {}", p.display()))
+    };
+    let mut out = create(out_path)?;
+    let mut err = create(err_path)?;
+    let options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .tail("all")
+        .build();
+    let mut stream = docker.logs(name, Some(options));
+    let mut bytes = 0;
+    while let Some(frame) = stream.next().await {
+        match frame.with_context(|| format!("logs of {name}"))? {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                bytes += message.len() as u64;
+                out.write_all(&message)?;
+            }
+            LogOutput::StdErr { message } => err.write_all(&message)?,
+            LogOutput::StdIn { .. } => {}
+        }
+    }
+    out.flush()?;
+    err.flush()?;
+    Ok(bytes)
+}
+
+/// One container's resource use, read from the host's /proc (the container's PID 1 is the node).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct NodeResources {
+    pub name: String,
+    pub rss_bytes: u64,
+    /// User + system CPU time since the node started.
+    pub cpu_seconds: f64,
+    pub started_at_ms: Option<u64>,
+}
+
+/// Samples every running container of `project`. Needs to run on the Docker host (Linux).
+pub async fn sample_resources(
+    docker: &Docker,
+    project: &str,
+) -> anyhow::Result<Vec<NodeResources>> {
+    let containers = project_containers(docker, project).await?;
+    let ticks = clock_ticks();
+    let samples: Vec<Option<NodeResources>> = futures::stream::iter(containers)
+        .map(|(name, _)| async move {
+            let info = docker.inspect_container(&name, None).await.ok()?;
+            let state = info.state?;
+            let pid = state.pid.filter(|p| *p > 0)?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let rss_kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command name (which may hold spaces, hence the last ')').
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            let started_at_ms = state
+                .started_at
+                .and_then(|s| humantime::parse_rfc3339_weak(&s).ok())
+                .map(|t| testbed_events::Timestamp::from(t).as_millis());
+            Some(NodeResources {
+                name: short_name(&name, project).to_owned(),
+                rss_bytes: rss_kb * 1024,
+                cpu_seconds: (utime + stime) as f64 / ticks,
+                started_at_ms,
+            })
+        })
+        .buffer_unordered(PARALLEL)
+        .collect()
+        .await;
+    Ok(samples.into_iter().flatten().collect())
+}
+
+/// The kernel's clock ticks per second (USER_HZ), 100 on every mainstream Linux.
+fn clock_ticks() -> f64 {
+    100.0
+}
+
+/// The size of an image in bytes.
+pub async fn image_size(docker: &Docker, image: &str) -> Option<u64> {
+    let info = docker.inspect_image(image).await.ok()?;
+    info.size.and_then(|s| u64::try_from(s).ok())
+}

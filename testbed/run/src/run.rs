@@ -1,0 +1,261 @@
+//! One testbed run: compose up, wait for the containers, check until the DHT formed or time runs
+//! out, stop (nodes flush their final tables), save every log, remove everything — the last three
+//! even when something before them failed or the user pressed Ctrl-C.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bollard::Docker;
+use serde::Serialize;
+use testbed_check::{CheckOptions, Report, Source, read_and_check, report};
+
+use crate::compose::Compose;
+use crate::engine::{self, NodeResources, Teardown};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// Run name: the folder under `runs/`.
+    pub name: String,
+    pub project: String,
+    pub peers: usize,
+    pub root: PathBuf,
+    pub overlays: Vec<PathBuf>,
+    pub image: String,
+    pub compose: Compose,
+    /// Leave the network running (logs are saved from the live containers).
+    pub keep: bool,
+    /// How long the DHT may take to form once the containers run.
+    pub wait: Duration,
+    /// How long `up` may take until every container runs.
+    pub up_timeout: Duration,
+    pub check: CheckOptions,
+    /// Extra environment for compose (KAD_… knobs).
+    pub env: Vec<(String, String)>,
+    /// Sample per-node memory and CPU after the check (benchmarks).
+    pub sample_resources: bool,
+}
+
+/// What happened, written to `runs/<name>/run.json`.
+#[derive(Debug, Serialize)]
+pub struct RunOutcome {
+    pub name: String,
+    pub project: String,
+    pub peers: usize,
+    pub compose: String,
+    pub image: String,
+    /// From `compose up` to every container running.
+    pub up_seconds: Option<f64>,
+    /// From every container running to the checker's pass (or the deadline).
+    pub check_seconds: Option<f64>,
+    pub passed: bool,
+    pub error: Option<String>,
+    pub log_bytes: u64,
+    pub resources: Vec<NodeResources>,
+    pub teardown: Option<Teardown>,
+    #[serde(skip)]
+    pub report: Option<Report>,
+    pub run_dir: PathBuf,
+}
+
+impl RunOutcome {
+    /// 0 passed, 1 a property failed, 2 the run itself failed.
+    pub fn exit_code(&self) -> u8 {
+        match (&self.report, &self.error) {
+            (Some(r), None) if r.passed => 0,
+            (Some(_), _) => 1,
+            (None, _) => 2,
+        }
+    }
+}
+
+/// Runs the testbed once. Never leaves containers behind unless `spec.keep`.
+pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
+    let run_dir = spec.root.join("runs").join(&spec.name);
+    let mut outcome = RunOutcome {
+        name: spec.name.clone(),
+        project: spec.project.clone(),
+        peers: spec.peers,
+        compose: spec.compose.name().into(),
+        image: spec.image.clone(),
+        up_seconds: None,
+        check_seconds: None,
+        passed: false,
+        error: None,
+        log_bytes: 0,
+        resources: Vec::new(),
+        teardown: None,
+        report: None,
+        run_dir: run_dir.clone(),
+    };
+    if let Err(e) = std::fs::create_dir_all(&run_dir) {
+        outcome.error = Some(format!("cannot create {}: {e}", run_dir.display()));
+        return outcome;
+    }
+
+    let body = bring_up_and_check(spec, docker, &run_dir, &mut outcome);
+    let interrupted = tokio::select! {
+        result = body => {
+            if let Err(e) = result {
+                outcome.error = Some(format!("{e:#}"));
+            }
+            false
+        }
+        _ = tokio::signal::ctrl_c() => true,
+    };
+    if interrupted {
+        outcome.error = Some("interrupted (Ctrl-C): saving logs and tearing down".into());
+        eprintln!("\n{}", outcome.error.as_deref().unwrap_or_default());
+    }
+
+    // Finally: stop (final snapshots), save, remove. Each step runs even if the previous failed.
+    if !spec.keep {
+        say("stopping nodes (SIGTERM: each writes its final routing table)");
+        match engine::stop_all(docker, &spec.project).await {
+            Ok(errors) if !errors.is_empty() => {
+                eprintln!("  {} containers did not stop cleanly: {}", errors.len(), errors.join("; "))
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("  cannot stop containers: {e:#}"),
+        }
+    }
+    match engine::save_logs(docker, &spec.project, &run_dir).await {
+        Ok(bytes) => {
+            outcome.log_bytes = bytes;
+            say(&format!("logs saved under {}", relative(&run_dir, &spec.root)));
+        }
+        Err(e) => eprintln!("  cannot save logs: {e:#}"),
+    }
+    if spec.keep {
+        say(&format!(
+            "--keep: the network stays up; remove it with: cargo run -p testbed -- down {}",
+            spec.project
+        ));
+    } else {
+        let teardown = engine::teardown(docker, &spec.project).await;
+        if teardown.leftovers.is_empty() {
+            say(&format!(
+                "torn down: {} containers, {} networks removed",
+                teardown.containers_removed, teardown.networks_removed
+            ));
+        } else {
+            eprintln!("could not remove: {}", teardown.leftovers.join(", "));
+        }
+        outcome.teardown = Some(teardown);
+    }
+    write_outputs(&outcome, &run_dir, spec);
+    outcome
+}
+
+async fn bring_up_and_check(
+    spec: &RunSpec,
+    docker: &Docker,
+    run_dir: &Path,
+    outcome: &mut RunOutcome,
+) -> anyhow::Result<()> {
+    let mut files = vec![spec.root.join("docker-compose.yml")];
+    files.extend(spec.overlays.iter().cloned());
+    let mut env = spec.env.clone();
+    env.push(("KAD_IMAGE".into(), spec.image.clone()));
+
+    say(&format!(
+        "starting bootstrap + {} peers as compose project {} ({})",
+        spec.peers,
+        spec.project,
+        spec.compose.name()
+    ));
+    let started = Instant::now();
+    let up = {
+        let (compose, root, project) = (spec.compose.clone(), spec.root.clone(), spec.project.clone());
+        let (files, peers, log) = (files.clone(), spec.peers, run_dir.join("compose.log"));
+        tokio::task::spawn_blocking(move || compose.up(&root, &project, &files, peers, &env, &log))
+    };
+    // `up` returns once compose has created and started everything; waiting on the engine as well
+    // shows progress and bounds the whole thing.
+    let expected = spec.peers + 1;
+    let mut reported = Instant::now();
+    let waiting = engine::wait_running(docker, &spec.project, expected, spec.up_timeout, |n| {
+        if n < expected && reported.elapsed() >= Duration::from_secs(5) {
+            eprintln!("  {n}/{expected} containers running");
+            reported = Instant::now();
+        }
+    });
+    let (up_result, running) = tokio::join!(up, waiting);
+    up_result.context("compose up panicked")??;
+    running?;
+    let up_seconds = started.elapsed().as_secs_f64();
+    outcome.up_seconds = Some(up_seconds);
+    say(&format!("{expected} containers running after {up_seconds:.1} s"));
+
+    say(&format!(
+        "checking the DHT (up to {}s)",
+        spec.wait.as_secs()
+    ));
+    let checking = Instant::now();
+    let source = Source::Compose(spec.project.clone());
+    let mut report: Option<Report> = None;
+    let mut last_line = String::new();
+    loop {
+        match read_and_check(&source, &spec.check).await {
+            Ok(r) => {
+                let line = format!(
+                    "  peers seen {} · tables ≥ 1: {} · k-closest {:.0} % · {} s",
+                    r.property("seen").map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
+                    r.property("tables").map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
+                    r.closest.share * 100.0,
+                    checking.elapsed().as_secs()
+                );
+                if line != last_line {
+                    eprintln!("{line}");
+                    last_line = line;
+                }
+                let done = r.passed;
+                report = Some(r);
+                if done {
+                    break;
+                }
+            }
+            Err(e) => eprintln!("  not yet readable: {e}"),
+        }
+        if checking.elapsed() >= spec.wait {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    outcome.check_seconds = Some(checking.elapsed().as_secs_f64());
+    if spec.sample_resources {
+        outcome.resources = engine::sample_resources(docker, &spec.project).await?;
+    }
+    let report = report.context("the checker never managed to read the logs")?;
+    outcome.passed = report.passed;
+    outcome.report = Some(report);
+    Ok(())
+}
+
+fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
+    let source = format!("compose project \"{}\"", spec.project);
+    if let Some(report) = &outcome.report {
+        let human = report::human(report, &source, false);
+        print!("{human}");
+        let _ = std::fs::write(run_dir.join("report.txt"), &human);
+        let _ = std::fs::write(run_dir.join("report.json"), report::json(report));
+        if let Ok(xml) = report::junit(report, &source) {
+            let _ = std::fs::write(run_dir.join("junit.xml"), xml);
+        }
+    }
+    if let Some(e) = &outcome.error {
+        eprintln!("error: {e}");
+    }
+    if let Ok(json) = serde_json::to_string_pretty(outcome) {
+        let _ = std::fs::write(run_dir.join("run.json"), json);
+    }
+}
+
+fn say(message: &str) {
+    eprintln!("testbed: {message}");
+}
+
+fn relative(path: &Path, root: &Path) -> String {
+    path.strip_prefix(root).unwrap_or(path).display().to_string()
+}
