@@ -66,13 +66,14 @@ impl Compose {
             Compose::V1 => {
                 let mut c = Command::new("docker-compose");
                 // v1 talks to the daemon with a 60 s HTTP timeout, too short for hundreds of
-                // containers on a loaded host; and its default parallelism of 64 starts
-                // containers faster than a 2-core daemon can wire them up.
+                // containers on a loaded host.
                 c.env("COMPOSE_HTTP_TIMEOUT", "600");
-                c.env("COMPOSE_PARALLEL_LIMIT", "32");
                 c
             }
         };
+        // Both honour this. Starting more containers at once than a 2-core daemon can wire up
+        // only makes each start slower (v2's default is unbounded).
+        cmd.env("COMPOSE_PARALLEL_LIMIT", "32");
         cmd.current_dir(root).arg("-p").arg(project);
         for f in files {
             cmd.arg("-f").arg(f);
