@@ -44,6 +44,8 @@ pub struct NodeLog {
     pub connected: BTreeSet<String>,
     /// Peers it saw speak Kademlia without a dialable address.
     pub unroutable: BTreeSet<String>,
+    /// Peers it added to its routing table at some point (`routing_updated`).
+    pub routed: BTreeSet<String>,
     /// Peers that identified without the Kademlia protocol.
     pub no_kad: BTreeSet<String>,
     /// Failed dials to other peers, and the last reason.
@@ -155,14 +157,19 @@ impl NodeLog {
             Event::UnroutablePeer { peer_id } => {
                 self.unroutable.insert(peer_id);
             }
+            Event::RoutingUpdated {
+                peer_id,
+                is_new_peer: true,
+                ..
+            } => {
+                self.routed.insert(peer_id);
+            }
             Event::Identified { peer_id, kad, .. } => {
                 if !kad {
                     self.no_kad.insert(peer_id);
                 }
             }
-            Event::DialFailed {
-                error, attempt, ..
-            } => {
+            Event::DialFailed { error, attempt, .. } => {
                 if attempt.is_some() {
                     self.bootstrap_dial_failures += 1;
                     self.last_bootstrap_error = Some(error);
@@ -231,8 +238,10 @@ impl Ingest {
             if quoted.len() < line.len() {
                 quoted.push('…');
             }
-            self.samples
-                .push(format!("{node}, line {}: {error}: {quoted}", log.lines.lines));
+            self.samples.push(format!(
+                "{node}, line {}: {error}: {quoted}",
+                log.lines.lines
+            ));
         }
     }
 
@@ -268,7 +277,9 @@ impl Ingest {
 /// Splits `name  | rest` as `docker compose logs` writes it (v2: `proj-peer-3  | `, v1.29:
 /// `peer_3       | `), colours removed. `None` when the line has no such prefix.
 pub fn split_compose_prefix(line: &str) -> Option<(&str, &str)> {
-    let bar = line.find(" | ").or_else(|| line.find(" |").filter(|&i| i + 2 == line.len()))?;
+    let bar = line
+        .find(" | ")
+        .or_else(|| line.find(" |").filter(|&i| i + 2 == line.len()))?;
     let name = line[..bar].trim_end();
     let valid = !name.is_empty()
         && name
@@ -329,7 +340,10 @@ mod tests {
         let (logs, _) = ingest.into_logs();
         assert_eq!(logs[0].peer_id.as_deref(), Some("B"));
         assert_eq!(logs[0].incarnations, 2);
-        assert!(logs[0].table.is_none(), "the old incarnation's table is gone");
+        assert!(
+            logs[0].table.is_none(),
+            "the old incarnation's table is gone"
+        );
         assert_eq!(logs[0].lines.events, 3);
     }
 
@@ -343,7 +357,10 @@ mod tests {
         let samples = ingest.samples.clone();
         let (logs, _) = ingest.into_logs();
         let s = logs[0].lines;
-        assert_eq!((s.lines, s.events, s.not_json, s.malformed, s.not_events), (4, 0, 2, 1, 1));
+        assert_eq!(
+            (s.lines, s.events, s.not_json, s.malformed, s.not_events),
+            (4, 0, 2, 1, 1)
+        );
         assert_eq!(samples.len(), 2);
         assert!(samples[0].contains("line 2") && samples[0].contains("truncated"));
     }

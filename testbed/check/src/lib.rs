@@ -24,6 +24,7 @@
 //! * [`verdict`]: digests → [`verdict::Report`]; no I/O.
 //! * [`report`]: the report as a table, JSON or JUnit XML.
 //! * [`source`]: files, stdin, or a compose project through the Docker Engine API (bollard).
+//! * [`timeline`]: when a saved run converged, replaying every snapshot in time order.
 //!
 //! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be
 //! read (no daemon, no such project, no events at all, bad flags).
@@ -31,6 +32,7 @@
 pub mod ingest;
 pub mod report;
 pub mod source;
+pub mod timeline;
 pub mod verdict;
 
 pub use source::{Source, SourceError};

@@ -91,7 +91,10 @@ fn main() -> ExitCode {
         expect_nodes: cli.expect_nodes,
         shutdown_gap: cli.shutdown_gap,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("testbed-check: error: cannot start the async runtime: {e}");
@@ -116,7 +119,10 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|xml| std::fs::write(path, xml).map_err(|e| e.to_string()));
         if let Err(e) = written {
-            eprintln!("testbed-check: error: cannot write --junit {}: {e}", path.display());
+            eprintln!(
+                "testbed-check: error: cannot write --junit {}: {e}",
+                path.display()
+            );
             return ExitCode::from(2);
         }
     }
@@ -206,7 +212,9 @@ impl Progress {
             return;
         }
         let mut last = self.last_plain.borrow_mut();
-        let stale = last.1.is_none_or(|t| t.elapsed() >= Duration::from_secs(15));
+        let stale = last
+            .1
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(15));
         if last.0 != message || stale {
             eprintln!("testbed-check: {line}");
             *last = (message.to_owned(), Some(Instant::now()));

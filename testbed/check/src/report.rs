@@ -33,14 +33,21 @@ pub fn human(report: &Report, source: &str, all: bool) -> String {
         .filter(|n| {
             show_all
                 || n.state != NodeState::Departed
-                    && (n.seen_by == 0 || n.live_in_table == 0 || n.closest_found < n.closest_wanted)
+                    && (n.seen_by == 0
+                        || n.live_in_table == 0
+                        || n.closest_found < n.closest_wanted)
         })
         .collect();
     let name_width = rows.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
     let _ = writeln!(
         out,
         "{:<name_width$}  {:<11}  {:<9}  {:>5}  {:>7}  {:>9}  STATE",
-        "NODE", "PEER ID", "ROLE", "TABLE", "SEEN BY", format!("{k}-CLOSEST")
+        "NODE",
+        "PEER ID",
+        "ROLE",
+        "TABLE",
+        "SEEN BY",
+        format!("{k}-CLOSEST")
     );
     for n in &rows {
         let role = n.role.map_or("?", |r| r.as_str());

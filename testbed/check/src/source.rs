@@ -95,7 +95,10 @@ fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file())
-        .filter(|p| !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     if files.is_empty() {
         return Err(SourceError::NoFiles(dir.display().to_string()));
@@ -154,7 +157,8 @@ fn read_stream(name: &str, reader: impl Read, ingest: &mut Ingest) -> Result<(),
 /// Connects to the local Docker daemon (DOCKER_HOST or the default socket) at an API version both
 /// sides speak (Docker 20.10 speaks 1.41).
 pub async fn connect_docker() -> Result<Docker, SourceError> {
-    let docker = Docker::connect_with_defaults().map_err(|e| SourceError::NoDaemon(e.to_string()))?;
+    let docker =
+        Docker::connect_with_defaults().map_err(|e| SourceError::NoDaemon(e.to_string()))?;
     docker
         .negotiate_version()
         .await
@@ -325,7 +329,10 @@ mod tests {
 
     #[test]
     fn node_names_drop_log_extensions() {
-        assert_eq!(node_name(Path::new("runs/x/logs/kad-peer-3.log")), "kad-peer-3");
+        assert_eq!(
+            node_name(Path::new("runs/x/logs/kad-peer-3.log")),
+            "kad-peer-3"
+        );
         assert_eq!(node_name(Path::new("a.jsonl")), "a");
         assert_eq!(node_name(Path::new("b")), "b");
     }

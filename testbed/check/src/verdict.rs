@@ -157,7 +157,10 @@ impl Report {
 
     /// Properties that were checked and held, and those checked.
     pub fn tally(&self) -> (usize, usize) {
-        let checked = self.properties.iter().filter(|p| p.status != Status::Skipped);
+        let checked = self
+            .properties
+            .iter()
+            .filter(|p| p.status != Status::Skipped);
         let n = checked.clone().count();
         (checked.filter(|p| p.status == Status::Pass).count(), n)
     }
@@ -183,7 +186,9 @@ pub fn check(logs: &[NodeLog], opts: &CheckOptions, input: InputSummary) -> Repo
     let mut stale_entries = 0;
     let mut unknown_entries = 0;
     for &i in &judged {
-        let Some(table) = &nodes[i].table else { continue };
+        let Some(table) = &nodes[i].table else {
+            continue;
+        };
         for entry in &table.peers {
             match index_of.get(entry.peer_id.as_str()) {
                 Some(&j) if j == i => {}
@@ -357,9 +362,13 @@ pub fn check(logs: &[NodeLog], opts: &CheckOptions, input: InputSummary) -> Repo
         } else {
             format!("all {} nodes departed", nodes.len())
         };
-        for p in properties.iter_mut().filter(|p| p.status != Status::Skipped) {
+        for p in properties
+            .iter_mut()
+            .filter(|p| p.status != Status::Skipped)
+        {
             p.status = Status::Fail;
-            p.failures.insert(0, format!("no live nodes to judge: {why}"));
+            p.failures
+                .insert(0, format!("no live nodes to judge: {why}"));
         }
     }
 
@@ -436,7 +445,7 @@ fn identified_nodes<'a>(logs: &'a [NodeLog], warnings: &mut Vec<String>) -> Vec<
         ));
     }
     let mut nodes: Vec<&NodeLog> = by_peer.into_values().collect();
-    nodes.sort_by(|a, b| node_order(a).cmp(&node_order(b)));
+    nodes.sort_by_key(|n| node_order(n));
     nodes
 }
 
@@ -455,12 +464,18 @@ fn natural_key(s: &str) -> Vec<NameChunk> {
     let mut out = Vec::new();
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits > 0 {
-            out.push(NameChunk::Number(rest[..digits].parse().unwrap_or(u64::MAX)));
+            out.push(NameChunk::Number(
+                rest[..digits].parse().unwrap_or(u64::MAX),
+            ));
             rest = &rest[digits..];
         } else {
-            let text = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+            let text = rest
+                .find(|c: char| c.is_ascii_digit())
+                .unwrap_or(rest.len());
             out.push(NameChunk::Text(rest[..text].to_owned()));
             rest = &rest[text..];
         }
@@ -601,7 +616,10 @@ impl Context<'_> {
         if connected_from == 0 && node.connected.is_empty() {
             why.push("it never connected to any node".into());
         }
-        let unroutable = self.count_others(i, |o| o.unroutable.contains(peer));
+        let routed = self.count_others(i, |o| o.routed.contains(peer));
+        let unroutable = self.count_others(i, |o| {
+            o.unroutable.contains(peer) && !o.routed.contains(peer)
+        });
         if unroutable > 0 {
             why.push(format!(
                 "{unroutable} nodes saw it only as unroutable (connected, but identify gave no \
@@ -617,7 +635,8 @@ impl Context<'_> {
         why.extend(dial_evidence(node));
         if why.is_empty() {
             why.push(format!(
-                "{} nodes connected to it, yet no judged table holds it",
+                "{} nodes connected to it and {routed} added it to their table, yet no latest \
+                 table holds it (evicted from full buckets?)",
                 connected_from.max(node.connected.len())
             ));
         }

@@ -106,7 +106,10 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
         }
         let removed: Vec<bool> = futures::stream::iter(containers)
             .map(|(name, _)| async move {
-                let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+                let options = RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build();
                 docker.remove_container(&name, Some(options)).await.is_ok()
             })
             .buffer_unordered(PARALLEL)
@@ -121,7 +124,10 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
     )]);
     let list_networks = || async {
         let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        docker.list_networks(Some(options)).await.unwrap_or_default()
+        docker
+            .list_networks(Some(options))
+            .await
+            .unwrap_or_default()
     };
     for attempt in 0..5u32 {
         let networks = list_networks().await;
@@ -138,9 +144,11 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
         tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
     }
     if let Ok(containers) = project_containers(docker, project).await {
-        result
-            .leftovers
-            .extend(containers.into_iter().map(|(n, _)| format!("container {n}")));
+        result.leftovers.extend(
+            containers
+                .into_iter()
+                .map(|(n, _)| format!("container {n}")),
+        );
     }
     for network in list_networks().await {
         result.leftovers.push(format!(

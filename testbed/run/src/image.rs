@@ -44,7 +44,15 @@ pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
             run(
                 Command::new(cargo)
                     .current_dir(root)
-                    .args(["build", "--release", "--locked", "--target", TARGET, "-p", "kad-node"])
+                    .args([
+                        "build",
+                        "--release",
+                        "--locked",
+                        "--target",
+                        TARGET,
+                        "-p",
+                        "kad-node",
+                    ])
                     // Static glibc: the image has no libc. Only this target's artifacts get the
                     // flag, so host builds and tests are untouched.
                     .env(
@@ -54,9 +62,15 @@ pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
                 "building the static kad-node binary",
             )?;
             run(
-                Command::new("docker")
-                    .current_dir(root)
-                    .args(["build", "--quiet", "-f", "Dockerfile", "-t", image, "."]),
+                Command::new("docker").current_dir(root).args([
+                    "build",
+                    "--quiet",
+                    "-f",
+                    "Dockerfile",
+                    "-t",
+                    image,
+                    ".",
+                ]),
                 "docker build",
             )
         }

@@ -14,6 +14,7 @@
 //! This is the only code that drives Docker: the node never reads logs, the checker never starts
 //! containers.
 
+mod bench;
 mod compose;
 mod engine;
 mod host;
@@ -53,17 +54,19 @@ enum Cmd {
     },
     /// Build the kad-node image only.
     Image(ImageArgs),
+    /// Run the testbed at several sizes and write BENCHMARKS.md and BENCHMARKS.json.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
-struct ImageArgs {
+pub struct ImageArgs {
     /// How to build the image [default: host on x86-64 Linux, source elsewhere].
     #[arg(long, value_enum)]
-    build: Option<BuildMode>,
+    pub build: Option<BuildMode>,
 
     /// Image tag to build and run.
     #[arg(long, env = "KAD_IMAGE", default_value = "kad-testbed/kad-node:dev")]
-    image: String,
+    pub image: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -126,6 +129,7 @@ fn main() -> ExitCode {
             Cmd::Up(args) => up(args).await,
             Cmd::Down { project } => down(&project).await,
             Cmd::Image(args) => build_image(&args).map(|()| 0),
+            Cmd::Bench(args) => bench::run(args).await,
         }
     });
     match result {
@@ -138,12 +142,12 @@ fn main() -> ExitCode {
 }
 
 /// The workspace root: where docker-compose.yml and runs/ live.
-fn root() -> PathBuf {
+pub fn root() -> PathBuf {
     let compiled = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     std::fs::canonicalize(&compiled).unwrap_or(compiled)
 }
 
-fn build_image(args: &ImageArgs) -> anyhow::Result<()> {
+pub fn build_image(args: &ImageArgs) -> anyhow::Result<()> {
     let mode = args.build.unwrap_or_else(BuildMode::auto);
     if mode != BuildMode::None {
         eprintln!("testbed: building image {} ({mode:?})", args.image);
@@ -152,7 +156,7 @@ fn build_image(args: &ImageArgs) -> anyhow::Result<()> {
 }
 
 /// A unique run name and its compose project.
-fn names(name: Option<String>, prefix: &str, peers: usize) -> (String, String) {
+pub fn names(name: Option<String>, prefix: &str, peers: usize) -> (String, String) {
     let name = name.unwrap_or_else(|| {
         let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         let stamp: String = now.chars().filter(|c| c.is_ascii_digit()).collect();
@@ -161,6 +165,16 @@ fn names(name: Option<String>, prefix: &str, peers: usize) -> (String, String) {
     let suffix: u16 = rand::random();
     let project = testbed_check::source::normalize_project_name(&format!("kt-{name}-{suffix:04x}"));
     (name, project)
+}
+
+/// How long the DHT may take to form once every container runs.
+pub fn default_wait(peers: usize) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(300) * u32::try_from(peers).unwrap_or(u32::MAX)
+}
+
+/// How long starting the containers may take (this host starts a few per second).
+pub fn default_up_timeout(peers: usize) -> Duration {
+    Duration::from_secs(60 + peers as u64)
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<u8> {
@@ -181,12 +195,8 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         image: args.image.image,
         compose,
         keep: args.keep,
-        wait: args
-            .wait
-            .unwrap_or(Duration::from_secs(60) + Duration::from_millis(300) * args.peers as u32),
-        up_timeout: args
-            .up_timeout
-            .unwrap_or(Duration::from_secs(60 + args.peers as u64)),
+        wait: args.wait.unwrap_or(default_wait(args.peers)),
+        up_timeout: args.up_timeout.unwrap_or(default_up_timeout(args.peers)),
         check: CheckOptions {
             full_mesh: args.full_mesh,
             closest_threshold: args.closest_threshold,
@@ -194,7 +204,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
             ..CheckOptions::default()
         },
         env: Vec::new(),
-        sample_resources: false,
+        settle: None,
     };
     let outcome = run::execute(&spec, &docker).await;
     Ok(outcome.exit_code())
@@ -210,12 +220,15 @@ async fn down(project: &str) -> anyhow::Result<u8> {
     if teardown.leftovers.is_empty() {
         Ok(0)
     } else {
-        eprintln!("testbed: could not remove: {}", teardown.leftovers.join(", "));
+        eprintln!(
+            "testbed: could not remove: {}",
+            teardown.leftovers.join(", ")
+        );
         Ok(2)
     }
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (expected a duration such as 90s or 5m)"))
 }

@@ -33,8 +33,9 @@ pub struct RunSpec {
     pub check: CheckOptions,
     /// Extra environment for compose (KAD_… knobs).
     pub env: Vec<(String, String)>,
-    /// Sample per-node memory and CPU after the check (benchmarks).
-    pub sample_resources: bool,
+    /// Benchmarks: once the check is done, let the network idle this long and sample per-node
+    /// memory and CPU at both ends.
+    pub settle: Option<Duration>,
 }
 
 /// What happened, written to `runs/<name>/run.json`.
@@ -52,7 +53,12 @@ pub struct RunOutcome {
     pub passed: bool,
     pub error: Option<String>,
     pub log_bytes: u64,
+    /// Per-node memory and CPU after the settle period (benchmarks).
     pub resources: Vec<NodeResources>,
+    /// Per-node CPU use during the settle period, percent of one core (benchmarks).
+    pub idle_cpu_percent: Vec<f64>,
+    /// The host's 1-minute load average when the check finished.
+    pub load_average: Option<f64>,
     pub teardown: Option<Teardown>,
     #[serde(skip)]
     pub report: Option<Report>,
@@ -85,6 +91,8 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         error: None,
         log_bytes: 0,
         resources: Vec::new(),
+        idle_cpu_percent: Vec::new(),
+        load_average: None,
         teardown: None,
         report: None,
         run_dir: run_dir.clone(),
@@ -114,7 +122,11 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         say("stopping nodes (SIGTERM: each writes its final routing table)");
         match engine::stop_all(docker, &spec.project).await {
             Ok(errors) if !errors.is_empty() => {
-                eprintln!("  {} containers did not stop cleanly: {}", errors.len(), errors.join("; "))
+                eprintln!(
+                    "  {} containers did not stop cleanly: {}",
+                    errors.len(),
+                    errors.join("; ")
+                )
             }
             Ok(_) => {}
             Err(e) => eprintln!("  cannot stop containers: {e:#}"),
@@ -123,7 +135,10 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
     match engine::save_logs(docker, &spec.project, &run_dir).await {
         Ok(bytes) => {
             outcome.log_bytes = bytes;
-            say(&format!("logs saved under {}", relative(&run_dir, &spec.root)));
+            say(&format!(
+                "logs saved under {}",
+                relative(&run_dir, &spec.root)
+            ));
         }
         Err(e) => eprintln!("  cannot save logs: {e:#}"),
     }
@@ -167,7 +182,11 @@ async fn bring_up_and_check(
     ));
     let started = Instant::now();
     let up = {
-        let (compose, root, project) = (spec.compose.clone(), spec.root.clone(), spec.project.clone());
+        let (compose, root, project) = (
+            spec.compose.clone(),
+            spec.root.clone(),
+            spec.project.clone(),
+        );
         let (files, peers, log) = (files.clone(), spec.peers, run_dir.join("compose.log"));
         tokio::task::spawn_blocking(move || compose.up(&root, &project, &files, peers, &env, &log))
     };
@@ -186,7 +205,9 @@ async fn bring_up_and_check(
     running?;
     let up_seconds = started.elapsed().as_secs_f64();
     outcome.up_seconds = Some(up_seconds);
-    say(&format!("{expected} containers running after {up_seconds:.1} s"));
+    say(&format!(
+        "{expected} containers running after {up_seconds:.1} s"
+    ));
 
     say(&format!(
         "checking the DHT (up to {}s)",
@@ -201,8 +222,10 @@ async fn bring_up_and_check(
             Ok(r) => {
                 let line = format!(
                     "  peers seen {} · tables ≥ 1: {} · k-closest {:.0} % · {} s",
-                    r.property("seen").map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
-                    r.property("tables").map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
+                    r.property("seen")
+                        .map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
+                    r.property("tables")
+                        .map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
                     r.closest.share * 100.0,
                     checking.elapsed().as_secs()
                 );
@@ -224,8 +247,25 @@ async fn bring_up_and_check(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     outcome.check_seconds = Some(checking.elapsed().as_secs_f64());
-    if spec.sample_resources {
-        outcome.resources = engine::sample_resources(docker, &spec.project).await?;
+    outcome.load_average = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok());
+    if let Some(settle) = spec.settle {
+        say(&format!(
+            "letting the network idle for {}s, then sampling memory and CPU",
+            settle.as_secs()
+        ));
+        let before = engine::sample_resources(docker, &spec.project).await?;
+        tokio::time::sleep(settle).await;
+        let after = engine::sample_resources(docker, &spec.project).await?;
+        outcome.idle_cpu_percent = after
+            .iter()
+            .filter_map(|a| {
+                let b = before.iter().find(|b| b.name == a.name)?;
+                Some((a.cpu_seconds - b.cpu_seconds) / settle.as_secs_f64() * 100.0)
+            })
+            .collect();
+        outcome.resources = after;
     }
     let report = report.context("the checker never managed to read the logs")?;
     outcome.passed = report.passed;
@@ -257,5 +297,8 @@ fn say(message: &str) {
 }
 
 fn relative(path: &Path, root: &Path) -> String {
-    path.strip_prefix(root).unwrap_or(path).display().to_string()
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }

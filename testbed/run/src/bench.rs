@@ -1,0 +1,399 @@
+//! `testbed bench`: the real testbed at several sizes, with the numbers written down.
+//!
+//! For each size it runs the same flow as `up` (compose, check, stop, save, remove), lets the
+//! converged network idle for a while to sample memory and CPU, replays the saved logs to find
+//! when the network converged, times the checker on those logs, and writes BENCHMARKS.md and
+//! BENCHMARKS.json at the workspace root.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use testbed_check::verdict::DEFAULT_CLOSEST_THRESHOLD;
+use testbed_check::{CheckOptions, Source, read_and_check};
+
+use crate::compose::Compose;
+use crate::run::{self, RunOutcome, RunSpec};
+use crate::{ImageArgs, build_image, engine, host, names, parse_duration, root};
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Network sizes to run, in peers besides the bootstrap node.
+    #[arg(long, value_delimiter = ',', default_value = "10,100,300,1000")]
+    peers: Vec<usize>,
+
+    /// How long each converged network idles before memory and CPU are sampled.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    settle: Duration,
+
+    /// Run even if the host's neighbour table looks too small.
+    #[arg(long)]
+    ignore_host_limits: bool,
+
+    #[command(flatten)]
+    image: ImageArgs,
+}
+
+/// One size's numbers.
+#[derive(Debug, Serialize)]
+pub struct Row {
+    pub peers: usize,
+    pub nodes: usize,
+    pub passed: bool,
+    pub run: String,
+    /// `compose up` until every container runs.
+    pub up_s: Option<f64>,
+    /// Containers started per second.
+    pub start_rate: Option<f64>,
+    /// From the last node's start until every node was in some table.
+    pub all_seen_s: Option<f64>,
+    /// From the last node's start until the k-closest threshold held.
+    pub closest_s: Option<f64>,
+    pub best_closest_share: f64,
+    pub rss_median_mb: Option<f64>,
+    pub rss_max_mb: Option<f64>,
+    /// CPU seconds a node used from its start to the end of the settle period (median).
+    pub cpu_total_median_s: Option<f64>,
+    /// CPU while idle, percent of one core (median and max over nodes).
+    pub cpu_idle_median_pct: Option<f64>,
+    pub cpu_idle_max_pct: Option<f64>,
+    pub load_average: Option<f64>,
+    pub log_kb_per_node_min: Option<f64>,
+    /// The checker's wall time on the saved logs (median of 3).
+    pub checker_s: Option<f64>,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Machine {
+    cpu: String,
+    cores: usize,
+    memory_gib: f64,
+    kernel: String,
+    docker: String,
+    compose: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Benchmarks {
+    date: String,
+    commit: String,
+    command: String,
+    machine: Machine,
+    image_bytes: Option<u64>,
+    settle_s: u64,
+    rows: Vec<Row>,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+    let largest = args.peers.iter().copied().max().unwrap_or(0) + 1;
+    for note in host::check_neighbour_table(largest, args.ignore_host_limits)?.notes {
+        eprintln!("testbed: {note}");
+    }
+    let docker = testbed_check::source::connect_docker().await?;
+    let compose = Compose::detect()?;
+    build_image(&args.image)?;
+    let image_bytes = engine::image_size(&docker, &args.image.image).await;
+    let root = root();
+    let stamp: String = humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+
+    let mut rows = Vec::new();
+    for &peers in &args.peers {
+        eprintln!("\ntestbed bench: {peers} peers");
+        let (name, project) = names(Some(format!("bench-{stamp}-{peers}p")), "bench", peers);
+        let spec = RunSpec {
+            name,
+            project,
+            peers,
+            root: root.clone(),
+            overlays: vec![root.join("compose/scale.yml")],
+            image: args.image.image.clone(),
+            compose: compose.clone(),
+            keep: false,
+            wait: crate::default_wait(peers),
+            up_timeout: crate::default_up_timeout(peers),
+            check: CheckOptions {
+                expect_nodes: Some(peers + 1),
+                ..CheckOptions::default()
+            },
+            env: Vec::new(),
+            settle: Some(args.settle),
+        };
+        let outcome = run::execute(&spec, &docker).await;
+        rows.push(measure(&outcome, peers).await);
+        let bench = Benchmarks {
+            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            commit: commit(&root),
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            machine: machine(&docker, &compose).await,
+            image_bytes,
+            settle_s: args.settle.as_secs(),
+            rows: std::mem::take(&mut rows),
+        };
+        // Written after every size, so a long benchmark that dies late still leaves its numbers.
+        write(&root, &bench)?;
+        rows = bench.rows;
+    }
+    let all_passed = rows.iter().all(|r| r.passed);
+    Ok(if all_passed { 0 } else { 1 })
+}
+
+pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
+    let nodes = peers + 1;
+    let logs = outcome.run_dir.join("logs");
+    let convergence =
+        testbed_check::timeline::replay_dir(&logs, 20, DEFAULT_CLOSEST_THRESHOLD).ok();
+    let mut rss: Vec<f64> = outcome
+        .resources
+        .iter()
+        .map(|r| r.rss_bytes as f64 / (1024.0 * 1024.0))
+        .collect();
+    rss.sort_by(f64::total_cmp);
+    let mut cpu_total: Vec<f64> = outcome.resources.iter().map(|r| r.cpu_seconds).collect();
+    cpu_total.sort_by(f64::total_cmp);
+    let mut idle = outcome.idle_cpu_percent.clone();
+    idle.sort_by(f64::total_cmp);
+    let minutes = convergence.as_ref().and_then(|c| {
+        let span = c.last_event?.millis_since(c.first_start?);
+        (span > 0).then(|| span as f64 / 60_000.0)
+    });
+    let mut checker = Vec::new();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let ok = read_and_check(&Source::Files(logs.clone()), &CheckOptions::default())
+            .await
+            .is_ok();
+        if ok {
+            checker.push(started.elapsed().as_secs_f64());
+        }
+    }
+    checker.sort_by(f64::total_cmp);
+    Row {
+        peers,
+        nodes,
+        passed: outcome.exit_code() == 0,
+        run: outcome.name.clone(),
+        up_s: outcome.up_seconds,
+        start_rate: outcome.up_seconds.map(|s| nodes as f64 / s),
+        all_seen_s: convergence
+            .as_ref()
+            .and_then(|c| c.all_seen_ms)
+            .map(|ms| ms as f64 / 1000.0),
+        closest_s: convergence
+            .as_ref()
+            .and_then(|c| c.closest_ms)
+            .map(|ms| ms as f64 / 1000.0),
+        best_closest_share: convergence.as_ref().map_or(0.0, |c| c.best_closest_share),
+        rss_median_mb: median(&rss),
+        rss_max_mb: rss.last().copied(),
+        cpu_total_median_s: median(&cpu_total),
+        cpu_idle_median_pct: median(&idle),
+        cpu_idle_max_pct: idle.last().copied(),
+        load_average: outcome.load_average,
+        log_kb_per_node_min: minutes.map(|m| outcome.log_bytes as f64 / 1024.0 / nodes as f64 / m),
+        checker_s: median(&checker),
+        error: outcome.error.clone(),
+    }
+}
+
+fn median(sorted: &[f64]) -> Option<f64> {
+    (!sorted.is_empty()).then(|| sorted[sorted.len() / 2])
+}
+
+fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty =
+        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    if dirty { format!("{head}-dirty") } else { head }
+}
+
+async fn machine(docker: &bollard::Docker, compose: &Compose) -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let kb: f64 = m
+                .lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))?
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()
+                .ok()?;
+            Some(kb / 1024.0 / 1024.0)
+        })
+        .unwrap_or(0.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let docker = docker
+        .version()
+        .await
+        .ok()
+        .and_then(|v| v.version)
+        .unwrap_or_else(|| "unknown".into());
+    let compose_version = std::process::Command::new(match compose {
+        Compose::V1 => "docker-compose",
+        Compose::V2 => "docker",
+    })
+    .args(match compose {
+        Compose::V1 => vec!["version", "--short"],
+        Compose::V2 => vec!["compose", "version", "--short"],
+    })
+    .output()
+    .ok()
+    .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    .unwrap_or_default();
+    Machine {
+        cpu,
+        cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        memory_gib,
+        kernel,
+        docker,
+        compose: format!("{} {compose_version}", compose.name()),
+    }
+}
+
+fn write(root: &Path, bench: &Benchmarks) -> anyhow::Result<()> {
+    let json_path: PathBuf = root.join("BENCHMARKS.json");
+    std::fs::write(&json_path, serde_json::to_string_pretty(bench)?)?;
+    std::fs::write(root.join("BENCHMARKS.md"), markdown(bench))?;
+    eprintln!("testbed bench: wrote BENCHMARKS.md and BENCHMARKS.json");
+    Ok(())
+}
+
+fn num(v: Option<f64>, digits: usize) -> String {
+    v.map_or("–".into(), |v| format!("{v:.digits$}"))
+}
+
+fn markdown(b: &Benchmarks) -> String {
+    let m = &b.machine;
+    let mut out = String::new();
+    out.push_str("# Benchmarks\n\n");
+    out.push_str(
+        "Written by `cargo run --release -p testbed -- bench` (edit by rerunning, not by hand). Every \
+         row is one real run: bootstrap + N peers in containers on one host, checked, stopped, \
+         saved under `runs/`, removed.\n\n",
+    );
+    out.push_str(&format!(
+        "- **Date**: {}\n- **Commit**: `{}`\n- **Command**: `{}`\n- **Machine**: {} ({} cores), \
+         {:.0} GiB RAM, Linux {}, Docker Engine {}, {}\n- **Image**: {}\n- **Idle sample**: after the \
+         check passes, the network idles {} s; memory is each node's RSS at the end, idle CPU the \
+         node's CPU time over that window\n\n",
+        b.date,
+        b.commit,
+        b.command,
+        m.cpu,
+        m.cores,
+        m.memory_gib,
+        m.kernel,
+        m.docker,
+        m.compose,
+        b.image_bytes
+            .map_or("–".into(), |s| format!("{:.2} MB", s as f64 / 1e6)),
+        b.settle_s
+    ));
+    out.push_str(
+        "| peers | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | best k-closest | RSS median / max (MB) | CPU total / idle median / idle max | load | log KB/node/min | checker (s) |\n",
+    );
+    out.push_str("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in &b.rows {
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} s / {} % / {} % | {} | {} | {} |\n",
+            r.peers,
+            if r.passed { "✅" } else { "❌" },
+            num(r.up_s, 1),
+            num(r.start_rate, 1),
+            num(r.all_seen_s, 1),
+            num(r.closest_s, 1),
+            r.best_closest_share * 100.0,
+            num(r.rss_median_mb, 1),
+            num(r.rss_max_mb, 1),
+            num(r.cpu_total_median_s, 2),
+            num(r.cpu_idle_median_pct, 2),
+            num(r.cpu_idle_max_pct, 2),
+            num(r.load_average, 1),
+            num(r.log_kb_per_node_min, 1),
+            num(r.checker_s, 2),
+        ));
+    }
+    out.push_str(
+        "\nColumns: *up* is `compose up` until every container runs; *all seen* and *k-closest* \
+         are measured from the moment the last node started, by replaying every routing-table \
+         snapshot of the saved logs (`testbed_check::timeline`); a negative value means it already \
+         held when the last node started. *checker* is `testbed-check --logs runs/<run>/logs` on \
+         the saved logs, median of three.\n\n",
+    );
+    out.push_str("## Targets\n\n");
+    let row = |n: usize| b.rows.iter().find(|r| r.peers == n);
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    };
+    let targets = [
+        (
+            "N = 1000 passes the check",
+            row(1000).map(|r| r.passed),
+            row(1000).map(|r| format!("pass = {}", r.passed)),
+        ),
+        (
+            "every peer in some table within 5 s after the last container runs, N = 300",
+            row(300).and_then(|r| r.all_seen_s).map(|s| s <= 5.0),
+            row(300).map(|r| format!("{} s", num(r.all_seen_s, 1))),
+        ),
+        (
+            "node RSS ≤ 6 MB idle at N = 100 (median)",
+            row(100).and_then(|r| r.rss_median_mb).map(|m| m <= 6.0),
+            row(100).map(|r| format!("{} MB", num(r.rss_median_mb, 1))),
+        ),
+        (
+            "image ≤ 8 MB",
+            b.image_bytes.map(|s| s <= 8_000_000),
+            b.image_bytes.map(|s| format!("{:.2} MB", s as f64 / 1e6)),
+        ),
+        (
+            "the checker reads a 1000-node run in ≤ 2 s",
+            row(1000).and_then(|r| r.checker_s).map(|s| s <= 2.0),
+            row(1000).map(|r| format!("{} s", num(r.checker_s, 2))),
+        ),
+    ];
+    out.push_str("| target | measured | |\n|---|---:|---|\n");
+    for (what, ok, measured) in targets {
+        out.push_str(&format!(
+            "| {what} | {} | {} |\n",
+            measured.unwrap_or_else(|| "–".into()),
+            verdict(ok)
+        ));
+    }
+    let errors: Vec<String> = b
+        .rows
+        .iter()
+        .filter_map(|r| Some(format!("- {} peers: {}", r.peers, r.error.as_ref()?)))
+        .collect();
+    if !errors.is_empty() {
+        out.push_str("\n## Errors\n\n");
+        out.push_str(&errors.join("\n"));
+        out.push('\n');
+    }
+    out
+}
