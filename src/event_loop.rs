@@ -2,9 +2,11 @@
 //! runs the node's timers (bootstrap dial retries, random walks, periodic bootstraps, routing-table
 //! snapshots).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::hash::{Hash, Hasher};
 use std::io::Write;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
@@ -17,7 +19,7 @@ use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use rand::Rng;
 use testbed_events::{
-    BootstrapTrigger, Direction, Event, Role, SnapshotReason, TableEntry, Timestamp,
+    BootstrapTrigger, Direction, Event, Role, SnapshotReason, TableEntry, Timestamp, WalkTarget,
 };
 use tokio::time::{Instant, Sleep};
 
@@ -28,6 +30,14 @@ use crate::health::{self, HealthState};
 
 /// First wait before redialing an unanswered bootstrap address; doubles per attempt.
 const DIAL_BACKOFF_START: Duration = Duration::from_millis(250);
+
+/// First wait before a walk; doubles per walk up to `--walk-interval`. Joining is when the
+/// network around a node changes most, so walks are frequent then and rare once it settled.
+const WALK_START: Duration = Duration::from_secs(30);
+
+/// Peers a random walk asks for. Discovery needs a few; asking for k = 20 would contact twice
+/// as many nodes for little more.
+const RANDOM_WALK_PEERS: usize = 8;
 
 /// A `--bootstrap` address and how dialing it goes.
 #[derive(Debug)]
@@ -50,6 +60,7 @@ enum Query {
         error: Option<String>,
     },
     Walk {
+        target: WalkTarget,
         started: Instant,
     },
 }
@@ -81,8 +92,16 @@ pub struct EventLoop<W: Write> {
     snapshot_due: Option<Instant>,
     last_snapshot: Instant,
     next_walk: Option<Instant>,
+    /// The current mean wait between walks, and what the next one looks up.
+    walk_wait: Duration,
+    next_walk_target: WalkTarget,
     next_bootstrap: Option<Instant>,
     health_error_reported: bool,
+    /// A digest of what each peer last said through identify: identify runs on every new
+    /// connection, and repeating an unchanged answer would be most of a busy node's log.
+    identified: HashMap<PeerId, u64>,
+    /// Peers already reported unroutable and not routed since.
+    unroutable: HashSet<PeerId>,
 }
 
 impl<W: Write> std::fmt::Debug for EventLoop<W> {
@@ -133,8 +152,12 @@ impl<W: Write> EventLoop<W> {
             snapshot_due: None,
             last_snapshot: now,
             next_walk: None,
+            walk_wait: WALK_START,
+            next_walk_target: WalkTarget::Own,
             next_bootstrap: None,
             health_error_reported: false,
+            identified: HashMap::new(),
+            unroutable: HashSet::new(),
         }
     }
 
@@ -206,14 +229,30 @@ impl<W: Write> EventLoop<W> {
             self.snapshot(SnapshotReason::Heartbeat);
         }
         if self.next_walk.is_some_and(|at| at <= now) {
-            self.next_walk = jittered(now, self.timers.walk_interval);
+            self.walk_wait = (self.walk_wait * 2).min(self.timers.walk_interval);
+            self.next_walk = jittered(now, self.walk_wait);
+            let target = self.next_walk_target;
+            self.next_walk_target = match target {
+                WalkTarget::Own => WalkTarget::Random,
+                WalkTarget::Random => WalkTarget::Own,
+            };
             if self.table_size() > 0 {
-                let id = self
-                    .swarm
-                    .behaviour_mut()
-                    .kad
-                    .get_closest_peers(PeerId::random());
-                self.queries.insert(id, Query::Walk { started: now });
+                let own = *self.swarm.local_peer_id();
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let id = match target {
+                    WalkTarget::Own => kad.get_closest_peers(own),
+                    WalkTarget::Random => kad.get_n_closest_peers(
+                        PeerId::random(),
+                        NonZeroUsize::new(RANDOM_WALK_PEERS).unwrap_or(NonZeroUsize::MIN),
+                    ),
+                };
+                self.queries.insert(
+                    id,
+                    Query::Walk {
+                        target,
+                        started: now,
+                    },
+                );
             }
         }
         if self.next_bootstrap.is_some_and(|at| at <= now) {
@@ -223,7 +262,8 @@ impl<W: Write> EventLoop<W> {
     }
 
     fn schedule_periodic_work(&mut self, now: Instant) {
-        self.next_walk = jittered(now, self.timers.walk_interval);
+        self.walk_wait = WALK_START.min(self.timers.walk_interval);
+        self.next_walk = jittered(now, self.walk_wait);
         self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
     }
 
@@ -329,6 +369,21 @@ impl<W: Write> EventLoop<W> {
                 cause,
             } => {
                 self.remotes.remove(&connection_id);
+                if !self.joined && num_established == 0 {
+                    // Reached a bootstrap node but never got a routable peer out of it (identify
+                    // timed out on an overloaded host, say): dial it again rather than stay alone.
+                    let now = Instant::now();
+                    let backoff = self.timers.dial_backoff_max;
+                    for t in self
+                        .bootstrap_targets
+                        .iter_mut()
+                        .filter(|t| t.reached && t.peer == Some(peer_id))
+                    {
+                        t.reached = false;
+                        t.next_dial = Some(now + DIAL_BACKOFF_START.min(backoff));
+                        tracing::warn!(addr = %t.addr, "bootstrap connection closed before joining; dialing again");
+                    }
+                }
                 self.emit(Event::ConnectionClosed {
                     peer_id: peer_id.to_string(),
                     remote_addr: endpoint.get_remote_address().to_string(),
@@ -412,6 +467,14 @@ impl<W: Write> EventLoop<W> {
                         .kad
                         .add_address(&peer_id, addr.clone());
                 }
+                let digest = {
+                    let mut h = std::collections::hash_map::DefaultHasher::new();
+                    (&info.agent_version, &info.listen_addrs, kad, &added).hash(&mut h);
+                    h.finish()
+                };
+                if self.identified.insert(peer_id, digest) == Some(digest) {
+                    return;
+                }
                 self.emit(Event::Identified {
                     peer_id: peer_id.to_string(),
                     agent_version: info.agent_version,
@@ -436,16 +499,19 @@ impl<W: Write> EventLoop<W> {
                 bucket_range,
                 old_peer,
             } => {
+                // A known peer's new address changes no table membership: not worth a line each
+                // on a thousand nodes.
+                self.unroutable.remove(&peer);
                 if is_new_peer || old_peer.is_some() {
                     self.table_changed();
+                    self.emit(Event::RoutingUpdated {
+                        peer_id: peer.to_string(),
+                        is_new_peer,
+                        bucket: bucket_range.0.ilog2(),
+                        addresses: to_strings(addresses.iter()),
+                        evicted: old_peer.map(|p| p.to_string()),
+                    });
                 }
-                self.emit(Event::RoutingUpdated {
-                    peer_id: peer.to_string(),
-                    is_new_peer,
-                    bucket: bucket_range.0.ilog2(),
-                    addresses: to_strings(addresses.iter()),
-                    evicted: old_peer.map(|p| p.to_string()),
-                });
                 if self.role == Role::Peer && !self.joined {
                     // The first routable peer is (almost always) the bootstrap node: join now.
                     self.joined = true;
@@ -454,9 +520,11 @@ impl<W: Write> EventLoop<W> {
                 }
             }
             kad::Event::UnroutablePeer { peer } => {
-                self.emit(Event::UnroutablePeer {
-                    peer_id: peer.to_string(),
-                });
+                if self.unroutable.insert(peer) {
+                    self.emit(Event::UnroutablePeer {
+                        peer_id: peer.to_string(),
+                    });
+                }
             }
             kad::Event::OutboundQueryProgressed {
                 id,
@@ -514,7 +582,7 @@ impl<W: Write> EventLoop<W> {
                 }
             }
             QueryResult::GetClosestPeers(result) => {
-                let Some(Query::Walk { started }) = self.queries.remove(&id) else {
+                let Some(Query::Walk { target, started }) = self.queries.remove(&id) else {
                     return;
                 };
                 let (ok, peers_found) = match result {
@@ -522,7 +590,8 @@ impl<W: Write> EventLoop<W> {
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (false, peers.len()),
                 };
                 let table_size = self.table_size();
-                self.emit(Event::RandomWalkCompleted {
+                self.emit(Event::WalkCompleted {
+                    target,
                     ok,
                     duration_ms: millis(started.elapsed()),
                     peers_found,

@@ -190,7 +190,7 @@ impl NodeLog {
             | Event::ConnectionClosed { .. }
             | Event::RoutingUpdated { .. }
             | Event::BootstrapCompleted { .. }
-            | Event::RandomWalkCompleted { .. } => {}
+            | Event::WalkCompleted { .. } => {}
         }
     }
 }
@@ -255,22 +255,17 @@ impl Ingest {
         }
     }
 
-    /// Marks a node's container as not running (Docker source).
-    pub fn mark_exited(&mut self, node: &str) {
+    /// Records whether a node's container is not running (Docker source).
+    pub fn set_exited(&mut self, node: &str, exited: bool) {
         self.nodes
             .entry(node.to_owned())
             .or_insert_with(|| NodeLog::new(node))
-            .container_exited = true;
-    }
-
-    /// Adds a whole node log read elsewhere (e.g. by a concurrent reader).
-    pub fn insert(&mut self, log: NodeLog) {
-        self.nodes.insert(log.name.clone(), log);
+            .container_exited = exited;
     }
 
     /// The logs, by name.
-    pub fn into_logs(self) -> (Vec<NodeLog>, Vec<String>) {
-        (self.nodes.into_values().collect(), self.samples)
+    pub fn logs(&self) -> impl Iterator<Item = &NodeLog> {
+        self.nodes.values()
     }
 }
 
@@ -337,7 +332,7 @@ mod tests {
             r#"{"v":1,"ts":"2026-11-25T10:00:01.000Z","type":"routing_table","reason":"changed","size":1,"peers":[{"peer_id":"X","bucket":1}]}"#,
         );
         ingest.push_line("n", &started("B"));
-        let (logs, _) = ingest.into_logs();
+        let logs: Vec<&NodeLog> = ingest.logs().collect();
         assert_eq!(logs[0].peer_id.as_deref(), Some("B"));
         assert_eq!(logs[0].incarnations, 2);
         assert!(
@@ -355,7 +350,7 @@ mod tests {
         ingest.push_line("n", r#"{"other":"json"}"#);
         ingest.push_line("n", "");
         let samples = ingest.samples.clone();
-        let (logs, _) = ingest.into_logs();
+        let logs: Vec<&NodeLog> = ingest.logs().collect();
         let s = logs[0].lines;
         assert_eq!(
             (s.lines, s.events, s.not_json, s.malformed, s.not_events),

@@ -38,10 +38,45 @@ pub mod verdict;
 pub use source::{Source, SourceError};
 pub use verdict::{CheckOptions, Report, check};
 
-/// Reads `source` and judges it: the whole checker in one call.
-pub async fn read_and_check(source: &Source, opts: &CheckOptions) -> Result<Report, SourceError> {
-    let ingest = source::read(source).await?;
-    let (logs, samples) = ingest.into_logs();
+/// Reads a source, again and again if asked: incrementally for a compose project.
+#[derive(Debug)]
+pub struct Reader {
+    source: Source,
+    compose: Option<source::ComposeReader>,
+}
+
+impl Reader {
+    pub fn new(source: Source) -> Self {
+        let compose = match &source {
+            Source::Compose(project) => Some(source::ComposeReader::new(project)),
+            Source::Files(_) => None,
+        };
+        Self { source, compose }
+    }
+
+    /// Reads what is there now and judges it.
+    pub async fn check(&mut self, opts: &CheckOptions) -> Result<Report, SourceError> {
+        let files;
+        let ingests: Vec<&ingest::Ingest> = match (&mut self.compose, &self.source) {
+            (Some(reader), _) => reader.read().await?,
+            (None, Source::Files(path)) => {
+                let mut ingest = ingest::Ingest::new();
+                source::read_files(path, &mut ingest)?;
+                files = ingest;
+                vec![&files]
+            }
+            (None, Source::Compose(_)) => unreachable!("compose sources have a reader"),
+        };
+        judge(&self.source, &ingests, opts)
+    }
+}
+
+fn judge(
+    source: &Source,
+    ingests: &[&ingest::Ingest],
+    opts: &CheckOptions,
+) -> Result<Report, SourceError> {
+    let logs: Vec<&ingest::NodeLog> = ingests.iter().flat_map(|i| i.logs()).collect();
     let mut lines = ingest::LineStats::default();
     for log in &logs {
         lines.add(&log.lines);
@@ -52,6 +87,11 @@ pub async fn read_and_check(source: &Source, opts: &CheckOptions) -> Result<Repo
             lines: lines.lines,
         });
     }
+    let samples = ingests
+        .iter()
+        .flat_map(|i| i.samples.iter().cloned())
+        .take(5)
+        .collect();
     let input = verdict::InputSummary {
         // A `compose logs` banner is not a log.
         logs: logs.iter().filter(|l| l.lines.events > 0).count(),
@@ -59,4 +99,9 @@ pub async fn read_and_check(source: &Source, opts: &CheckOptions) -> Result<Repo
         samples,
     };
     Ok(check(&logs, opts, input))
+}
+
+/// Reads `source` once and judges it: the whole checker in one call.
+pub async fn read_and_check(source: &Source, opts: &CheckOptions) -> Result<Report, SourceError> {
+    Reader::new(source.clone()).check(opts).await
 }

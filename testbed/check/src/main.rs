@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use testbed_check::verdict::{DEFAULT_CLOSEST_THRESHOLD, Status};
-use testbed_check::{CheckOptions, Report, Source, SourceError, read_and_check, report};
+use testbed_check::{CheckOptions, Reader, Report, Source, SourceError, report};
 
 /// Reads every kad-testbed node's logs and checks that the Kademlia DHT formed.
 ///
@@ -140,13 +140,14 @@ async fn judge(
     wait: Option<Duration>,
     interval: Duration,
 ) -> Result<Report, SourceError> {
+    let mut reader = Reader::new(source.clone());
     let Some(wait) = wait else {
-        return read_and_check(source, opts).await;
+        return reader.check(opts).await;
     };
     let started = Instant::now();
     let progress = Progress::new();
     loop {
-        let result = read_and_check(source, opts).await;
+        let result = reader.check(opts).await;
         let elapsed = started.elapsed();
         let out_of_time = elapsed >= wait;
         match &result {

@@ -4,13 +4,14 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
-use crate::ingest::{Ingest, NodeLog};
+use crate::ingest::Ingest;
 
 /// Containers whose logs are read at once: enough to hide latency, few enough not to swamp the
 /// daemon while a thousand containers run.
@@ -61,17 +62,8 @@ pub enum SourceError {
     NoEvents { origin: String, lines: u64 },
 }
 
-/// Reads `source` completely.
-pub async fn read(source: &Source) -> Result<Ingest, SourceError> {
-    let mut ingest = Ingest::new();
-    match source {
-        Source::Files(path) => read_files(path, &mut ingest)?,
-        Source::Compose(project) => read_compose(project, &mut ingest).await?,
-    }
-    Ok(ingest)
-}
-
-fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
+/// Reads saved logs: a folder, one file, or `-` for stdin.
+pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
     if path.as_os_str() == "-" {
         return read_stream("stdin", std::io::stdin().lock(), ingest);
     }
@@ -207,50 +199,116 @@ pub fn short_name<'a>(container: &'a str, project: &str) -> &'a str {
         .unwrap_or(container)
 }
 
-async fn read_compose(project: &str, ingest: &mut Ingest) -> Result<(), SourceError> {
-    let docker = connect_docker().await?;
-    let containers = project_containers(&docker, project).await?;
-    if containers.is_empty() {
-        return Err(SourceError::NoContainers(project.to_owned()));
-    }
-    let docker = &docker;
-    let logs: Vec<(NodeLog, Vec<String>)> = futures::stream::iter(containers)
-        .map(|(container, running)| async move {
-            let name = short_name(&container, project);
-            let mut one = Ingest::new();
-            read_container(docker, &container, name, &mut one).await?;
-            if !running {
-                one.mark_exited(name);
-            }
-            let (mut logs, samples) = one.into_logs();
-            let log = logs.pop().unwrap_or_else(|| NodeLog::new(name));
-            Ok::<_, SourceError>((log, samples))
-        })
-        .buffer_unordered(DOCKER_CONCURRENCY)
-        .try_collect()
-        .await?;
-    for (log, samples) in logs {
-        ingest.insert(log);
-        ingest.samples.extend(samples.into_iter().take(2));
-    }
-    Ok(())
+/// Reads a compose project's logs, incrementally: the first read takes each container's whole
+/// stdout, later ones only what was written since (by Docker's timestamps). Waiting on a thousand
+/// containers would otherwise make the daemon decode every log again every few seconds.
+#[derive(Debug, Default)]
+pub struct ComposeReader {
+    project: String,
+    docker: Option<Docker>,
+    containers: HashMap<String, ContainerLog>,
 }
 
-/// Streams one container's stdout (not stderr: diagnostics live there) into `ingest`.
+#[derive(Debug)]
+struct ContainerLog {
+    name: String,
+    ingest: Ingest,
+    /// Docker's timestamp of the last line read.
+    read_until: Option<SystemTime>,
+}
+
+impl ComposeReader {
+    pub fn new(project: &str) -> Self {
+        Self {
+            project: project.to_owned(),
+            ..Self::default()
+        }
+    }
+
+    /// Reads what is new and returns the ingest of every container.
+    pub async fn read(&mut self) -> Result<Vec<&Ingest>, SourceError> {
+        if self.docker.is_none() {
+            self.docker = Some(connect_docker().await?);
+        }
+        let Some(docker) = &self.docker else {
+            unreachable!("connected above")
+        };
+        let project = self.project.as_str();
+        let containers = project_containers(docker, project).await?;
+        if containers.is_empty() {
+            return Err(SourceError::NoContainers(project.to_owned()));
+        }
+        let mut running_by_name = HashMap::new();
+        for (container, running) in containers {
+            running_by_name.insert(container.clone(), running);
+            self.containers
+                .entry(container.clone())
+                .or_insert_with(|| ContainerLog {
+                    name: short_name(&container, project).to_owned(),
+                    ingest: Ingest::new(),
+                    read_until: None,
+                });
+        }
+        // Containers removed since the last read are gone from the project.
+        self.containers
+            .retain(|c, _| running_by_name.contains_key(c));
+        let results: Vec<Result<(), SourceError>> =
+            futures::stream::iter(self.containers.iter_mut())
+                .map(|(container, log)| {
+                    let running = running_by_name.get(container).copied().unwrap_or(false);
+                    async move {
+                        read_container(docker, container, log).await?;
+                        log.ingest.set_exited(&log.name, !running);
+                        Ok(())
+                    }
+                })
+                .buffer_unordered(DOCKER_CONCURRENCY)
+                .collect()
+                .await;
+        results.into_iter().collect::<Result<(), _>>()?;
+        Ok(self.containers.values().map(|c| &c.ingest).collect())
+    }
+}
+
+/// Streams what one container wrote on stdout (not stderr: diagnostics live there) since the
+/// last read into its log.
 async fn read_container(
     docker: &Docker,
     container: &str,
-    name: &str,
-    ingest: &mut Ingest,
+    log: &mut ContainerLog,
 ) -> Result<(), SourceError> {
-    let options = LogsOptionsBuilder::new()
+    let mut options = LogsOptionsBuilder::new()
         .stdout(true)
         .stderr(false)
         .follow(false)
-        .tail("all")
-        .build();
-    let mut stream = docker.logs(container, Some(options));
+        .timestamps(true)
+        .tail("all");
+    if let Some(until) = log.read_until {
+        // Docker's `since` has one-second resolution: ask from the whole second, skip what was
+        // read by comparing the full timestamps.
+        let secs = until
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
+    }
+    let mut stream = docker.logs(container, Some(options.build()));
     let mut partial: Vec<u8> = Vec::new();
+    let take = |bytes: &[u8], log: &mut ContainerLog| {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let (stamp, line) = text.split_once(' ').unwrap_or((text, ""));
+        let ts = humantime::parse_rfc3339_weak(stamp).ok();
+        if let (Some(ts), Some(until)) = (ts, log.read_until)
+            && ts <= until
+        {
+            return;
+        }
+        if ts.is_some() {
+            log.read_until = ts;
+        }
+        log.ingest.push_line(&log.name, line);
+    };
     while let Some(frame) = stream.next().await {
         let frame = match frame {
             Ok(frame) => frame,
@@ -267,13 +325,12 @@ async fn read_container(
         partial.extend_from_slice(&bytes);
         while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = partial.drain(..=pos).collect();
-            let text = String::from_utf8_lossy(&line[..pos]);
-            ingest.push_line(name, text.trim_end_matches('\r'));
+            take(&line, log);
         }
     }
     if !partial.is_empty() {
         // A last line without its newline: the node was killed mid-write.
-        ingest.push_line(name, &String::from_utf8_lossy(&partial));
+        take(&partial, log);
     }
     Ok(())
 }

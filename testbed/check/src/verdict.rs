@@ -167,7 +167,7 @@ impl Report {
 }
 
 /// Judges the network described by `logs`.
-pub fn check(logs: &[NodeLog], opts: &CheckOptions, input: InputSummary) -> Report {
+pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Report {
     let mut warnings = Vec::new();
     let nodes = identified_nodes(logs, &mut warnings);
     let (states, judged_before_shutdown) = classify(&nodes, opts.shutdown_gap);
@@ -411,10 +411,10 @@ pub fn check(logs: &[NodeLog], opts: &CheckOptions, input: InputSummary) -> Repo
 }
 
 /// Logs that name a node; duplicates of one peer id keep the latest incarnation.
-fn identified_nodes<'a>(logs: &'a [NodeLog], warnings: &mut Vec<String>) -> Vec<&'a NodeLog> {
+fn identified_nodes<'a>(logs: &[&'a NodeLog], warnings: &mut Vec<String>) -> Vec<&'a NodeLog> {
     let mut by_peer: HashMap<&str, &NodeLog> = HashMap::new();
     let mut nameless = Vec::new();
-    for log in logs {
+    for &log in logs {
         let Some(peer) = log.peer_id.as_deref() else {
             if log.lines.events > 0 {
                 nameless.push(log.name.as_str());

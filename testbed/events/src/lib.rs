@@ -25,6 +25,7 @@
 //! {"v":1,"ts":"2026-11-25T10:00:00.245Z","type":"routing_updated","peer_id":"12D3KooW…","is_new_peer":true,"bucket":255,"addresses":["/ip4/172.18.0.2/tcp/4001"],"evicted":null}
 //! {"v":1,"ts":"2026-11-25T10:00:01.250Z","type":"routing_table","reason":"changed","size":1,"peers":[{"peer_id":"12D3KooW…","bucket":255}]}
 //! {"v":1,"ts":"2026-11-25T10:00:01.300Z","type":"bootstrap_completed","trigger":"initial","ok":true,"duration_ms":1055,"error":null,"table_size":9}
+//! {"v":1,"ts":"2026-11-25T10:00:31.300Z","type":"walk_completed","target":"own","ok":true,"duration_ms":12,"peers_found":9,"table_size":9}
 //! {"v":1,"ts":"2026-11-25T10:05:00.000Z","type":"routing_table","reason":"shutdown","size":9,"peers":[…]}
 //! {"v":1,"ts":"2026-11-25T10:05:00.001Z","type":"node_stopping","reason":"SIGTERM","uptime_ms":300001}
 //! ```
@@ -140,6 +141,16 @@ pub enum BootstrapTrigger {
     Automatic,
 }
 
+/// What a walk looked up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WalkTarget {
+    /// The node's own key: finds its closest peers, and makes them learn it.
+    Own,
+    /// A random key.
+    Random,
+}
+
 /// One peer in a routing table snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TableEntry {
@@ -220,7 +231,8 @@ pub enum Event {
         #[serde(default)]
         retry_in_ms: Option<u64>,
     },
-    /// A peer answered the Identify protocol.
+    /// A peer answered the Identify protocol. Identify runs on every new connection; an answer
+    /// identical to the peer's previous one is not repeated.
     Identified {
         /// The peer.
         peer_id: String,
@@ -234,7 +246,8 @@ pub enum Event {
         /// (loopback seen over a non-loopback connection, unspecified addresses).
         added_addrs: Vec<String>,
     },
-    /// Kademlia added a peer to its routing table or learned a new address for one.
+    /// Kademlia added a peer to its routing table (possibly evicting another). New addresses of
+    /// peers already in the table are not reported.
     RoutingUpdated {
         /// The peer.
         peer_id: String,
@@ -249,6 +262,7 @@ pub enum Event {
     },
     /// A peer connected and speaks Kademlia but no dialable address is known for it, so it was not
     /// added to the routing table (typically: identify has not answered yet, or never did).
+    /// Reported once per peer until it is added.
     UnroutablePeer {
         /// The peer.
         peer_id: String,
@@ -266,8 +280,11 @@ pub enum Event {
         /// Routing table size when it finished.
         table_size: usize,
     },
-    /// A random walk (a lookup of a random key, to discover more peers) finished.
-    RandomWalkCompleted {
+    /// A walk finished: a lookup of the node's own key (to keep its neighbourhood complete) or of
+    /// a random key (to discover the rest of the network).
+    WalkCompleted {
+        /// What was looked up.
+        target: WalkTarget,
         /// Whether the lookup finished before its timeout.
         ok: bool,
         /// From start to finish.
@@ -312,7 +329,7 @@ impl Event {
             Event::RoutingUpdated { .. } => "routing_updated",
             Event::UnroutablePeer { .. } => "unroutable_peer",
             Event::BootstrapCompleted { .. } => "bootstrap_completed",
-            Event::RandomWalkCompleted { .. } => "random_walk_completed",
+            Event::WalkCompleted { .. } => "walk_completed",
             Event::RoutingTable { .. } => "routing_table",
             Event::NodeStopping { .. } => "node_stopping",
             Event::Unknown => "unknown",
@@ -454,7 +471,8 @@ mod tests {
                 error: None,
                 table_size: 3,
             },
-            Event::RandomWalkCompleted {
+            Event::WalkCompleted {
+                target: WalkTarget::Own,
                 ok: true,
                 duration_ms: 5,
                 peers_found: 2,

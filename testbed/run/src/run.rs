@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bollard::Docker;
 use serde::Serialize;
-use testbed_check::{CheckOptions, Report, Source, read_and_check, report};
+use testbed_check::{CheckOptions, Reader, Report, Source, report};
 
 use crate::compose::Compose;
 use crate::engine::{self, NodeResources, Teardown};
@@ -214,11 +214,11 @@ async fn bring_up_and_check(
         spec.wait.as_secs()
     ));
     let checking = Instant::now();
-    let source = Source::Compose(spec.project.clone());
+    let mut reader = Reader::new(Source::Compose(spec.project.clone()));
     let mut report: Option<Report> = None;
     let mut last_line = String::new();
     loop {
-        match read_and_check(&source, &spec.check).await {
+        match reader.check(&spec.check).await {
             Ok(r) => {
                 let line = format!(
                     "  peers seen {} · tables ≥ 1: {} · k-closest {:.0} % · {} s",
