@@ -34,6 +34,12 @@ impl Behaviour {
         // The event loop runs its own jittered bootstrap schedule: libp2p's fixed 5-minute timer
         // would fire on every node of a testbed started together at the same moment.
         kad_config.set_periodic_bootstrap_interval(None);
+        // Peers enter the table only through the event loop (from identify), and only while their
+        // bucket has room. With automatic inserts, every connection from a peer that falls in a
+        // full bucket makes Kademlia dial the bucket's least-recently-seen entry to test it, and
+        // that dial does the same on the other side: measured at N = 300, a chain reaction of
+        // ~350 connections a second that never settled. Classic Kademlia keeps old contacts.
+        kad_config.set_kbucket_inserts(kad::BucketInserts::Manual);
         let mut kad =
             kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
         // Always a server. In automatic mode a node without a confirmed external address stays a

@@ -457,7 +457,8 @@ impl<W: Write> EventLoop<W> {
                 info,
             } => {
                 let kad = info.protocols.contains(&KAD_PROTOCOL);
-                let added = match (kad, self.remotes.get(&connection_id)) {
+                let room = kad && self.has_room_for(&peer_id);
+                let added = match (room, self.remotes.get(&connection_id)) {
                     (true, Some(remote)) => dialable_from(remote, &info.listen_addrs),
                     _ => Vec::new(),
                 };
@@ -468,8 +469,10 @@ impl<W: Write> EventLoop<W> {
                         .add_address(&peer_id, addr.clone());
                 }
                 let digest = {
+                    let mut listen = to_strings(&info.listen_addrs);
+                    listen.sort_unstable();
                     let mut h = std::collections::hash_map::DefaultHasher::new();
-                    (&info.agent_version, &info.listen_addrs, kad, &added).hash(&mut h);
+                    (&info.agent_version, listen, kad, added.is_empty()).hash(&mut h);
                     h.finish()
                 };
                 if self.identified.insert(peer_id, digest) == Some(digest) {
@@ -600,6 +603,15 @@ impl<W: Write> EventLoop<W> {
             }
             other => tracing::debug!(?other, "unexpected query result"),
         }
+    }
+
+    /// Whether `peer` is in the routing table already, or its bucket has a free slot.
+    fn has_room_for(&mut self, peer: &PeerId) -> bool {
+        let Some(bucket) = self.swarm.behaviour_mut().kad.kbucket(*peer) else {
+            return false; // our own id
+        };
+        bucket.num_entries() < kad::K_VALUE.get()
+            || bucket.iter().any(|e| e.node.key.preimage() == peer)
     }
 
     fn table_changed(&mut self) {

@@ -243,7 +243,8 @@ pub enum Event {
         /// The listen addresses it advertised.
         listen_addrs: Vec<String>,
         /// The advertised addresses given to Kademlia; the rest could not reach the peer from here
-        /// (loopback seen over a non-loopback connection, unspecified addresses).
+        /// (loopback seen over a non-loopback connection, unspecified addresses). Empty when the
+        /// peer does not speak Kademlia or its k-bucket is full (old contacts are kept).
         added_addrs: Vec<String>,
     },
     /// Kademlia added a peer to its routing table (possibly evicting another). New addresses of
