@@ -148,7 +148,13 @@ pub async fn run<W: Write>(
         })?
         .with_behaviour(|key| behaviour::Behaviour::new(key, ping_interval))
         .map_err(|e| NodeError::Transport(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
+        .with_swarm_config(|c| {
+            c.with_idle_connection_timeout(idle_timeout)
+                // Kademlia knows most peers by two spellings of one address (with and without
+                // /p2p/…); dialing them concurrently would run two TCP + Noise handshakes to the
+                // same socket and throw one away. One at a time halves the cost of a dial.
+                .with_dial_concurrency_factor(std::num::NonZeroU8::MIN)
+        })
         .build();
 
     swarm

@@ -82,6 +82,8 @@ pub struct NodeReport {
     /// Of its k closest live peers, how many its table holds.
     pub closest_found: usize,
     pub closest_wanted: usize,
+    /// Whether its initial Kademlia bootstrap completed (always true for the bootstrap node).
+    pub bootstrapped: bool,
 }
 
 /// Whether a property held.
@@ -387,6 +389,7 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
             seen_by: seen_by[i],
             closest_found: closest.found[i],
             closest_wanted: closest.wanted[i],
+            bootstrapped: n.role == Some(Role::Bootstrap) || n.initial_bootstrap.is_some(),
         })
         .collect();
     Report {
