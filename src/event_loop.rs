@@ -283,10 +283,12 @@ impl<W: Write> EventLoop<W> {
         let kad = &mut self.swarm.behaviour_mut().kad;
         for mut query in kad.iter_queries_mut() {
             let id = query.id();
+            // A bootstrap runs as a series of steps under one id (self lookup, then one lookup
+            // per bucket): finish each step as it starts.
             if matches!(query.info(), kad::QueryInfo::Bootstrap { .. })
                 && !self.queries.contains_key(&id)
-                && self.cancelled.insert(id)
             {
+                self.cancelled.insert(id);
                 query.finish();
             }
         }

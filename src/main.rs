@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use kad_node::config::{Cli, Command, LogFormat};
 use testbed_events::Timestamp;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::prelude::*;
+
+/// Diagnostics filter when RUST_LOG is unset or invalid.
+const DEFAULT_LOG: &str = "info,libp2p_swarm=warn,libp2p_kad=error";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -60,15 +64,19 @@ fn main() -> ExitCode {
 
 /// Diagnostics go to stderr: stdout belongs to the event stream.
 fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,libp2p_swarm=warn,libp2p_kad=error"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    // `target=level` directives, RUST_LOG's common form, without pulling a regex engine into
+    // every container.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| DEFAULT_LOG.parse().unwrap_or_default());
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let registry = tracing_subscriber::registry();
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => registry.with(layer.with_filter(filter)).init(),
+        LogFormat::Json => registry.with(layer.json().with_filter(filter)).init(),
     }
 }
 

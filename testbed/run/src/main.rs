@@ -79,6 +79,11 @@ struct UpArgs {
     #[arg(long)]
     name: Option<String>,
 
+    /// Compose project name [default: kt-<name>-<random>]. Give one to tear it down from a
+    /// script's trap (`testbed down NAME`).
+    #[arg(long)]
+    project: Option<String>,
+
     /// Compose overlay files (compose/*.yml), applied in order.
     #[arg(long = "overlay", value_name = "FILE")]
     overlays: Vec<PathBuf>,
@@ -87,7 +92,7 @@ struct UpArgs {
     #[arg(long)]
     keep: bool,
 
-    /// How long the DHT may take to form once every container runs [default: 60s + 0.3s a peer].
+    /// How long the DHT may take to form once every container runs [default: 60s + 0.5s a peer].
     #[arg(long, value_parser = parse_duration)]
     wait: Option<Duration>,
 
@@ -169,7 +174,7 @@ pub fn names(name: Option<String>, prefix: &str, peers: usize) -> (String, Strin
 
 /// How long the DHT may take to form once every container runs.
 pub fn default_wait(peers: usize) -> Duration {
-    Duration::from_secs(60) + Duration::from_millis(300) * u32::try_from(peers).unwrap_or(u32::MAX)
+    Duration::from_secs(60) + Duration::from_millis(500) * u32::try_from(peers).unwrap_or(u32::MAX)
 }
 
 /// How long starting the containers may take (this host starts a few per second).
@@ -185,7 +190,11 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     let docker = testbed_check::source::connect_docker().await?;
     let compose = Compose::detect()?;
     build_image(&args.image)?;
-    let (name, project) = names(args.name, "up", args.peers);
+    let (name, generated) = names(args.name, "up", args.peers);
+    let project = match args.project {
+        Some(p) => testbed_check::source::normalize_project_name(&p),
+        None => generated,
+    };
     let spec = run::RunSpec {
         name,
         project,
