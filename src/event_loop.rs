@@ -559,9 +559,9 @@ impl<W: Write> EventLoop<W> {
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
-                stats,
+                stats: _,
                 step,
-            } => self.on_query_progress(id, result, &stats, step.last),
+            } => self.on_query_progress(id, result, step.last),
             kad::Event::RoutablePeer { peer, address } => {
                 tracing::debug!(%peer, %address, "routable peer not added (table full or manual insertion)");
             }
@@ -575,27 +575,27 @@ impl<W: Write> EventLoop<W> {
         }
     }
 
-    fn on_query_progress(
-        &mut self,
-        id: QueryId,
-        result: QueryResult,
-        stats: &kad::QueryStats,
-        last: bool,
-    ) {
+    fn on_query_progress(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::Bootstrap(_) if self.cancelled.contains(&id) => {
                 if last {
                     self.cancelled.remove(&id);
                 }
             }
+            // One that slipped past `cancel_automatic_bootstraps` (its first step ran over
+            // connections already open, so no swarm event came between): stop it after that step.
+            QueryResult::Bootstrap(_) if !self.queries.contains_key(&id) => {
+                if !last {
+                    self.cancelled.insert(id);
+                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
             QueryResult::Bootstrap(result) => {
-                let query = self.queries.entry(id).or_insert_with(|| Query::Bootstrap {
-                    trigger: BootstrapTrigger::Automatic,
-                    started: Instant::now()
-                        .checked_sub(stats.duration().unwrap_or_default())
-                        .unwrap_or_else(Instant::now),
-                    error: None,
-                });
+                let Some(query) = self.queries.get_mut(&id) else {
+                    return;
+                };
                 if let (Query::Bootstrap { error, .. }, Err(e)) = (query, result) {
                     error.get_or_insert_with(|| e.to_string());
                 }

@@ -137,7 +137,8 @@ pub enum BootstrapTrigger {
     Initial,
     /// The node's periodic bootstrap timer.
     Periodic,
-    /// Started by the Kademlia implementation itself (e.g. while its table is small).
+    /// Started by the Kademlia implementation on its own. kad-node cancels those and writes none;
+    /// older kad-node versions and other implementations may.
     Automatic,
 }
 
