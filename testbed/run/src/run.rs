@@ -251,6 +251,28 @@ async fn bring_up_and_check(
         .ok()
         .and_then(|l| l.split_whitespace().next()?.parse().ok());
     if let Some(settle) = spec.settle {
+        // Idle means after the join: wait (bounded) until every node finished its initial
+        // bootstrap, the costliest thing a node does.
+        let joined = Instant::now();
+        loop {
+            let pending = match reader.check(&spec.check).await {
+                Ok(r) => r.nodes.iter().filter(|n| !n.bootstrapped).count(),
+                Err(_) => usize::MAX,
+            };
+            if pending == 0 || joined.elapsed() >= spec.wait {
+                let left = if pending == 0 {
+                    "no".to_owned()
+                } else {
+                    pending.to_string()
+                };
+                say(&format!(
+                    "{left} nodes still bootstrapping after {}s",
+                    joined.elapsed().as_secs()
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
         say(&format!(
             "letting the network idle for {}s, then sampling memory and CPU",
             settle.as_secs()
