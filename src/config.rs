@@ -51,7 +51,7 @@ pub struct NodeArgs {
     #[arg(long, env = "KAD_KEY_SEED", value_name = "N")]
     pub key_seed: Option<u64>,
 
-    /// Longest mean interval between walks. After joining, a node walks 30 s later, then twice
+    /// Longest mean interval between walks. After joining, a node walks 60 s later, then twice
     /// as long after each walk until this interval (each wait jittered ±50%, so nodes never walk
     /// in lockstep). Walks alternate between the node's own key (keeps its closest peers complete,
     /// and tells them about it) and a random key (discovers the rest). Each walk costs a few dozen

@@ -195,3 +195,64 @@ fn the_kad_key_of_the_event_crate_matches_libp2p() {
         assert_eq!(ours, theirs);
     }
 }
+
+/// More nodes than a k-bucket holds (the farthest bucket of each node gets about half the
+/// network), so nodes keep only some of their far peers — and still every node must end up
+/// holding its 20 XOR-closest peers, which is what lookups rely on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
+    const NODES: usize = 48;
+    const K: usize = 20;
+    let bootstrap = InProcessNode::start(test_args(&["--key-seed", "0"]));
+    let (_, addr) = bootstrap.started().await;
+    let mut nodes = vec![bootstrap];
+    nodes.extend((1..NODES).map(|_| InProcessNode::start(test_args(&["--bootstrap", &addr]))));
+    let mut ids = Vec::new();
+    for node in &nodes {
+        ids.push(node.started().await.0);
+    }
+    let keys: Vec<_> = ids
+        .iter()
+        .map(|id| testbed_events::kad_key(id).expect("valid peer id"))
+        .collect();
+    let closest: Vec<BTreeSet<String>> = (0..NODES)
+        .map(|i| {
+            let mut others: Vec<usize> = (0..NODES).filter(|&j| j != i).collect();
+            others.sort_by(|&a, &b| keys[i].cmp_distance(&keys[a], &keys[b]));
+            others[..K].iter().map(|&j| ids[j].clone()).collect()
+        })
+        .collect();
+    let lacking = |nodes: &[InProcessNode]| -> Vec<String> {
+        nodes
+            .iter()
+            .enumerate()
+            .filter_map(|(i, node)| {
+                let table = latest_table(&node.events())
+                    .map(|t| t.1)
+                    .unwrap_or_default();
+                let missing = closest[i].difference(&table).count();
+                (missing > 0).then(|| format!("{} lacks {missing} of its {K} closest", ids[i]))
+            })
+            .collect()
+    };
+    wait_for(
+        "every node to hold its 20 closest peers",
+        Duration::from_secs(90),
+        || lacking(&nodes).is_empty().then_some(()),
+        || lacking(&nodes).join("\n"),
+    )
+    .await;
+    // The buckets really were full somewhere: some table is smaller than the network.
+    let smallest = nodes
+        .iter()
+        .filter_map(|n| latest_table(&n.events()).map(|t| t.1.len()))
+        .min()
+        .unwrap_or(0);
+    assert!(
+        smallest < NODES - 1,
+        "no bucket overflowed (smallest table {smallest})"
+    );
+    for node in nodes {
+        node.stop().await;
+    }
+}

@@ -269,7 +269,8 @@ pub enum Event {
         /// The peer.
         peer_id: String,
     },
-    /// A Kademlia bootstrap (self lookup plus bucket refreshes) finished.
+    /// A Kademlia bootstrap (a lookup of the node's own key, then a refresh of each bucket farther
+    /// than its closest neighbour) finished.
     BootstrapCompleted {
         /// What started it.
         trigger: BootstrapTrigger,
