@@ -771,6 +771,7 @@ impl<W: Write> EventLoop<W> {
             peers,
         });
         self.write_health_with(size);
+        crate::memory::release_free_heap();
     }
 
     fn write_health(&mut self) {

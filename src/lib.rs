@@ -15,6 +15,7 @@
 //! * [`addrs`]: which advertised addresses are worth giving Kademlia.
 //! * [`emit`]: the one writer of stdout.
 //! * [`health`]: the health file behind `kad-node health`.
+//! * [`memory`]: returning the heap a join's burst freed.
 //!
 //! [`run`] takes the output writer and the shutdown future as arguments, so tests drive real nodes
 //! in-process on 127.0.0.1 and stop them at will.
@@ -26,6 +27,7 @@ pub mod emit;
 pub mod event_loop;
 pub mod health;
 pub mod identity;
+pub mod memory;
 
 use std::future::Future;
 use std::io::Write;

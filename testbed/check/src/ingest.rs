@@ -263,6 +263,13 @@ impl Ingest {
             .container_exited = exited;
     }
 
+    /// Takes in what another ingest read (of other nodes).
+    pub fn merge(&mut self, other: Ingest) {
+        self.nodes.extend(other.nodes);
+        let room = MAX_SAMPLES.saturating_sub(self.samples.len());
+        self.samples.extend(other.samples.into_iter().take(room));
+    }
+
     /// The logs, by name.
     pub fn logs(&self) -> impl Iterator<Item = &NodeLog> {
         self.nodes.values()
