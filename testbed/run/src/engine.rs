@@ -225,6 +225,10 @@ async fn save_one(
 pub struct NodeResources {
     pub name: String,
     pub rss_bytes: u64,
+    /// The part of the RSS that is the node's own (heap, stacks): what each further node costs.
+    pub rss_anon_bytes: u64,
+    /// The part mapped from files: the binary's pages, one copy in the page cache for all nodes.
+    pub rss_file_bytes: u64,
     /// User + system CPU time since the node started.
     pub cpu_seconds: f64,
     pub started_at_ms: Option<u64>,
@@ -243,14 +247,17 @@ pub async fn sample_resources(
             let state = info.state?;
             let pid = state.pid.filter(|p| *p > 0)?;
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            let rss_kb: u64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))?
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse()
-                .ok()?;
+            let kb = |field: &str| -> Option<u64> {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(field))?
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            };
+            let rss_kb = kb("VmRSS:")?;
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
             // Fields after the command name (which may hold spaces, hence the last ')').
             let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -263,6 +270,8 @@ pub async fn sample_resources(
             Some(NodeResources {
                 name: short_name(&name, project).to_owned(),
                 rss_bytes: rss_kb * 1024,
+                rss_anon_bytes: kb("RssAnon:").unwrap_or(0) * 1024,
+                rss_file_bytes: kb("RssFile:").unwrap_or(0) * 1024,
                 cpu_seconds: (utime + stime) as f64 / ticks,
                 started_at_ms,
             })
