@@ -59,8 +59,8 @@ pub struct NodeArgs {
     #[arg(long, env = "KAD_WALK_INTERVAL", value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub walk_interval: Duration,
 
-    /// Mean interval between full Kademlia bootstraps (self lookup plus a refresh of every bucket:
-    /// about a hundred connections at N = 300), jittered by ±50%. 0 disables.
+    /// Mean interval between full Kademlia bootstraps (self lookup plus a refresh of every bucket,
+    /// the costliest thing a node does), jittered by ±50%. 0 disables.
     #[arg(long, env = "KAD_BOOTSTRAP_INTERVAL", value_name = "DURATION", default_value = "1h", value_parser = parse_duration)]
     pub bootstrap_interval: Duration,
 
@@ -139,13 +139,20 @@ fn parse_multiaddr(s: &str) -> Result<Multiaddr, String> {
     })
 }
 
-/// Parses a human duration such as `30s`, `500ms`, `5m`, or `0`.
+/// The longest interval any flag takes: timers past it would overflow the clock's arithmetic.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Parses a human duration such as `30s`, `500ms`, `5m`, or `0`; at most a year.
 fn parse_duration(s: &str) -> Result<Duration, String> {
     if s.trim() == "0" {
         return Ok(Duration::ZERO);
     }
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s or 5m)"))
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s or 5m)"))?;
+    if d > MAX_DURATION {
+        return Err("longer than a year (expected a duration such as 500ms, 30s or 5m)".into());
+    }
+    Ok(d)
 }
 
 fn parse_nonzero_duration(s: &str) -> Result<Duration, String> {
@@ -203,6 +210,11 @@ mod tests {
         assert!(text.contains("30s"), "{text}");
         let err = parse(&["--heartbeat", "0"]).expect_err("rejected");
         assert!(err.to_string().contains("greater than zero"));
+        // Huge values would overflow timers: refused at the flag, not a panic later.
+        let err = parse(&["--bootstrap-interval", "400000000000y"]).expect_err("rejected");
+        assert!(err.to_string().contains("--bootstrap-interval"), "{err}");
+        let err = parse(&["--heartbeat", "2years"]).expect_err("rejected");
+        assert!(err.to_string().contains("longer than a year"), "{err}");
     }
 
     #[test]

@@ -49,7 +49,7 @@ struct Cli {
     closest_k: u64,
 
     /// Share of live nodes that must hold all of their k closest live peers: 0.9 or 90%.
-    #[arg(long, value_name = "SHARE", default_value_t = DEFAULT_CLOSEST_THRESHOLD, value_parser = parse_share)]
+    #[arg(long, value_name = "SHARE", default_value_t = DEFAULT_CLOSEST_THRESHOLD, value_parser = testbed_check::verdict::parse_share)]
     closest_threshold: f64,
 
     /// Fail unless exactly this many nodes are live (bootstrap included).
@@ -141,7 +141,8 @@ async fn judge(
     interval: Duration,
 ) -> Result<Report, SourceError> {
     let mut reader = Reader::new(source.clone());
-    let Some(wait) = wait else {
+    // Stdin can be read only once: its whole stream is all there will be.
+    let Some(wait) = wait.filter(|_| !source.is_stdin()) else {
         return reader.check(opts).await;
     };
     let started = Instant::now();
@@ -233,22 +234,4 @@ impl Progress {
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())
         .map_err(|e| format!("{e} (expected a duration such as 500ms, 30s or 5m)"))
-}
-
-/// `0.9`, `90%` or `90 %` → 0.9.
-fn parse_share(s: &str) -> Result<f64, String> {
-    let s = s.trim();
-    let (number, scale) = match s.strip_suffix('%') {
-        Some(n) => (n.trim(), 100.0),
-        None => (s, 1.0),
-    };
-    let value = number
-        .parse::<f64>()
-        .map_err(|_| format!("expected a share such as 0.9 or 90%, not {s:?}"))?
-        / scale;
-    if (0.0..=1.0).contains(&value) {
-        Ok(value)
-    } else {
-        Err(format!("{s} is not between 0 and 100 %"))
-    }
 }

@@ -26,10 +26,17 @@ pub enum Source {
     Compose(String),
 }
 
+impl Source {
+    /// `--logs -`.
+    pub fn is_stdin(&self) -> bool {
+        matches!(self, Source::Files(p) if p.as_os_str() == "-")
+    }
+}
+
 impl std::fmt::Display for Source {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Source::Files(p) if p.as_os_str() == "-" => write!(f, "stdin"),
+            Source::Files(_) if self.is_stdin() => write!(f, "stdin"),
             Source::Files(p) => write!(f, "{}", p.display()),
             Source::Compose(project) => write!(f, "compose project \"{project}\""),
         }
@@ -97,9 +104,34 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
     }
     files.sort();
     // One file per node: read them on every core (a 1000-node run is ~600 MB of events).
-    let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let results: Vec<Result<Ingest, SourceError>> = std::thread::scope(|scope| {
+    let parts = read_files_parallel(&files, workers)?;
+    // Files that share a node (a compose dump split in two, or a dump beside that node's own
+    // file) must be read in order into one digest: then read them all in order, on one core.
+    let mut names = std::collections::HashSet::new();
+    let disjoint = parts
+        .iter()
+        .all(|part| part.logs().all(|log| names.insert(log.name.clone())));
+    if !disjoint {
+        for file in &files {
+            let f = std::fs::File::open(file).map_err(|source| SourceError::Io {
+                path: file.display().to_string(),
+                source,
+            })?;
+            read_stream(&node_name(file), f, ingest)?;
+        }
+        return Ok(());
+    }
+    for part in parts {
+        ingest.merge(part);
+    }
+    Ok(())
+}
+
+/// Reads `files` on `workers` threads, each into its own digest.
+fn read_files_parallel(files: &[PathBuf], workers: usize) -> Result<Vec<Ingest>, SourceError> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
@@ -120,13 +152,17 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Ok(Ingest::new())))
+            .map(|h| {
+                // A worker that panicked lost its files: an error, never a silently smaller run.
+                h.join().unwrap_or_else(|_| {
+                    Err(SourceError::Io {
+                        path: "a log folder".into(),
+                        source: std::io::Error::other("a reader thread panicked"),
+                    })
+                })
+            })
             .collect()
-    });
-    for result in results {
-        ingest.merge(result?);
-    }
-    Ok(())
+    })
 }
 
 /// The node name for a file: its name without a log-ish extension.
@@ -316,7 +352,7 @@ async fn read_container(
         options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
     }
     let mut stream = docker.logs(container, Some(options.build()));
-    let mut partial: Vec<u8> = Vec::new();
+    let mut lines = FrameLines::default();
     let take = |bytes: &[u8], log: &mut ContainerLog| {
         let text = String::from_utf8_lossy(bytes);
         let text = text.trim_end_matches(['\n', '\r']);
@@ -345,17 +381,48 @@ async fn read_container(
             LogOutput::StdOut { message } | LogOutput::Console { message } => message,
             _ => continue,
         };
-        partial.extend_from_slice(&bytes);
-        while let Some(pos) = partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
-            take(&line, log);
-        }
+        lines.push(&bytes, |line| take(line, log));
     }
-    if !partial.is_empty() {
+    if let Some(rest) = lines.rest() {
         // A last line without its newline: the node was killed mid-write.
-        take(&partial, log);
+        take(rest, log);
     }
     Ok(())
+}
+
+/// Lines out of Docker's log frames, read with timestamps. Docker stores a line longer than
+/// 16 KiB as several entries (moby's partial messages) and prefixes *each* with its timestamp, so
+/// an entry that continues an unfinished line starts with a timestamp that is not part of it.
+/// (A routing table of ~200 peers is a line that long.)
+#[derive(Debug, Default)]
+struct FrameLines {
+    partial: Vec<u8>,
+}
+
+impl FrameLines {
+    /// Takes in one frame, calling `line` with each line it completes (newline included).
+    fn push(&mut self, frame: &[u8], mut line: impl FnMut(&[u8])) {
+        let mut frame = frame;
+        if !self.partial.is_empty()
+            && let Some(space) = frame.iter().position(|b| *b == b' ')
+            && std::str::from_utf8(&frame[..space])
+                .ok()
+                .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+                .is_some()
+        {
+            frame = &frame[space + 1..];
+        }
+        self.partial.extend_from_slice(frame);
+        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
+            let complete: Vec<u8> = self.partial.drain(..=pos).collect();
+            line(&complete);
+        }
+    }
+
+    /// What is left without a newline.
+    fn rest(&self) -> Option<&[u8]> {
+        (!self.partial.is_empty()).then_some(self.partial.as_slice())
+    }
 }
 
 /// The project name `docker compose` would use in `dir`: COMPOSE_PROJECT_NAME from the
@@ -393,6 +460,40 @@ pub fn normalize_project_name(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_docker_split_into_timestamped_entries_is_put_back_together() {
+        let mut lines = FrameLines::default();
+        let mut out: Vec<String> = Vec::new();
+        let frames: [&[u8]; 5] = [
+            b"2026-11-25T08:00:00.000000001Z {\"a\":1}\n",
+            // One long line, stored by Docker as three entries: only the first timestamp is real.
+            b"2026-11-25T08:00:01.000000001Z {\"peers\":[\"x",
+            b"2026-11-25T08:00:01.000000002Z yy",
+            b"2026-11-25T08:00:01.000000003Z zzz\"]}\n",
+            b"2026-11-25T08:00:02.000000001Z {\"b\":2}",
+        ];
+        for frame in frames {
+            lines.push(frame, |l| out.push(String::from_utf8_lossy(l).into_owned()));
+        }
+        assert_eq!(
+            out,
+            [
+                "2026-11-25T08:00:00.000000001Z {\"a\":1}\n",
+                "2026-11-25T08:00:01.000000001Z {\"peers\":[\"xyyzzz\"]}\n",
+            ]
+        );
+        assert_eq!(
+            lines.rest(),
+            Some(&b"2026-11-25T08:00:02.000000001Z {\"b\":2}"[..])
+        );
+        // A continuation that does not start with a timestamp is kept whole.
+        let mut lines = FrameLines::default();
+        let mut out = Vec::new();
+        lines.push(b"T0 abc", |_| {});
+        lines.push(b"not-a-time def\n", |l| out.push(l.to_vec()));
+        assert_eq!(out, [b"T0 abcnot-a-time def\n".to_vec()]);
+    }
 
     #[test]
     fn project_names_are_normalised_like_compose_does() {

@@ -725,12 +725,34 @@ pub fn label(n: &NodeLog) -> String {
     )
 }
 
+/// A share flag: `0.9`, `90%` or `90 %` → 0.9; outside 0–100 % is an error naming the value.
+pub fn parse_share(s: &str) -> Result<f64, String> {
+    let s = s.trim();
+    let (number, scale) = match s.strip_suffix('%') {
+        Some(n) => (n.trim(), 100.0),
+        None => (s, 1.0),
+    };
+    let value = number
+        .parse::<f64>()
+        .map_err(|_| format!("expected a share such as 0.9 or 90%, not {s:?}"))?
+        / scale;
+    if (0.0..=1.0).contains(&value) {
+        Ok(value)
+    } else {
+        Err(format!("{s} is not between 0 and 100 %"))
+    }
+}
+
 /// `12D3…wXyZ`: enough to tell nodes apart in a table.
 pub fn short_id(peer: &str) -> String {
-    if peer.len() <= 12 {
+    // By characters, not bytes: a corrupted log may put anything here.
+    let chars: Vec<char> = peer.chars().collect();
+    if chars.len() <= 12 {
         return peer.to_owned();
     }
-    format!("{}…{}", &peer[..4], &peer[peer.len() - 6..])
+    let head: String = chars[..4].iter().collect();
+    let tail: String = chars[chars.len() - 6..].iter().collect();
+    format!("{head}…{tail}")
 }
 
 fn because(reasons: &[String]) -> String {
@@ -767,5 +789,16 @@ mod tests {
             short_id("12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"),
             "12D3…x6nXTN"
         );
+        // Not ASCII (a corrupted id): cut between characters, never inside one.
+        assert_eq!(short_id("ééééééééééééééé"), "éééé…éééééé");
+    }
+
+    #[test]
+    fn shares_take_fractions_or_percents_and_reject_the_rest() {
+        assert_eq!(parse_share("0.9"), Ok(0.9));
+        assert_eq!(parse_share("90%"), Ok(0.9));
+        assert_eq!(parse_share(" 95 % "), Ok(0.95));
+        assert!(parse_share("90").unwrap_err().contains("90"));
+        assert!(parse_share("ninety").unwrap_err().contains("ninety"));
     }
 }

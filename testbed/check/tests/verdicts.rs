@@ -310,6 +310,36 @@ fn compose_logs_output_is_read_in_both_prefix_styles() {
     let out = check_with_stdin(&["--logs", "-", "--expect-nodes", "11"], &combined);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.says("kt-demo-peer-10"), "{}", out.stdout);
+    // Stdin is read once, also under --wait: a failure stays a failure (1), not "no events" (2).
+    let out = check_with_stdin(
+        &["--logs", "-", "--expect-nodes", "12", "--wait", "3s"],
+        &combined,
+    );
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.says("expected 12 live nodes, found 11"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_compose_dump_split_over_two_files_is_read_as_one() {
+    // Each node's lines are in both files: read in parallel into separate digests, the second
+    // half would replace the first (and lose every node_started).
+    let whole = std::fs::read_to_string(fixture("compose-v1-logs.txt")).expect("fixture");
+    let lines: Vec<&str> = whole.lines().collect();
+    let (first, second) = lines.split_at(lines.len() / 2);
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("part-1.txt"), first.join("\n") + "\n").expect("write");
+    std::fs::write(dir.path().join("part-2.txt"), second.join("\n") + "\n").expect("write");
+    let out = check(dir.path(), &["--expect-nodes", "11"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.says("PASS: 4 / 4 properties hold over 11 nodes"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

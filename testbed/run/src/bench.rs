@@ -20,7 +20,7 @@ use crate::{ImageArgs, build_image, engine, host, names, parse_duration, root};
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Network sizes to run, in peers besides the bootstrap node.
-    #[arg(long, value_delimiter = ',', default_value = "10,100,300,1000")]
+    #[arg(long, value_delimiter = ',', default_value = "10,100,300,1000", value_parser = crate::parse_peers)]
     peers: Vec<usize>,
 
     /// How long each converged network idles before memory and CPU are sampled.
@@ -374,7 +374,7 @@ fn markdown(b: &Benchmarks) -> String {
             row(1000).map(|r| format!("pass = {}", r.passed)),
         ),
         (
-            "every peer in some table within 5 s after the last container runs, N = 300",
+            "every peer in some table within 5 s after the last node started, N = 300",
             row(300).and_then(|r| r.all_seen_s).map(|s| s <= 5.0),
             row(300).map(|r| format!("{} s", num(r.all_seen_s, 1))),
         ),

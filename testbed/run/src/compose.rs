@@ -81,8 +81,10 @@ impl Compose {
         cmd
     }
 
-    /// `up -d --scale peer=N --no-build`, its output appended to `log`.
-    pub fn up(
+    /// `up -d --scale peer=N --no-build`, its output appended to `log`. Dropping the future kills
+    /// compose, so a caller that gives up (deadline, Ctrl-C) is not racing a compose that goes on
+    /// creating containers while it tears down.
+    pub async fn up(
         &self,
         root: &Path,
         project: &str,
@@ -103,8 +105,10 @@ impl Compose {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let status = cmd
+        let status = tokio::process::Command::from(cmd)
+            .kill_on_drop(true)
             .status()
+            .await
             .with_context(|| format!("cannot run {}", self.name()))?;
         if !status.success() {
             let tail = std::fs::read_to_string(log).unwrap_or_default();

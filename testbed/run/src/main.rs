@@ -47,7 +47,8 @@ struct Cli {
 enum Cmd {
     /// Bring up bootstrap + N peers, check them, save logs to runs/<name>/, tear down.
     Up(UpArgs),
-    /// Remove every container and network of a compose project (16 at a time, retried).
+    /// Remove every container and network of a compose project: stops one at a time (final
+    /// snapshots, and no endpoint-count race), removes 16 at a time, retries, reports leftovers.
     Down {
         /// The compose project, as printed by `up` (kt-…).
         project: String,
@@ -71,8 +72,8 @@ pub struct ImageArgs {
 
 #[derive(Debug, Clone, Args)]
 struct UpArgs {
-    /// Number of peers besides the bootstrap node.
-    #[arg(long, default_value_t = 10)]
+    /// Number of peers besides the bootstrap node (1–10000).
+    #[arg(long, default_value_t = 10, value_parser = parse_peers)]
     peers: usize,
 
     /// Run name, the folder under runs/ [default: up-<time>-<peers>p].
@@ -104,8 +105,8 @@ struct UpArgs {
     #[arg(long)]
     full_mesh: bool,
 
-    /// Share of nodes that must hold all of their 20 closest peers.
-    #[arg(long, default_value_t = DEFAULT_CLOSEST_THRESHOLD)]
+    /// Share of nodes that must hold all of their 20 closest peers (0.9 or 90%).
+    #[arg(long, default_value_t = DEFAULT_CLOSEST_THRESHOLD, value_parser = testbed_check::verdict::parse_share)]
     closest_threshold: f64,
 
     /// Run even if the host's neighbour table looks too small for this many nodes.
@@ -184,6 +185,19 @@ pub fn default_up_timeout(peers: usize) -> Duration {
 
 async fn up(args: UpArgs) -> anyhow::Result<u8> {
     let nodes = args.peers + 1;
+    // Compose runs in the workspace root: resolve overlays against where the user is.
+    let overlays = args
+        .overlays
+        .iter()
+        .map(|f| {
+            std::fs::canonicalize(f).map_err(|e| {
+                anyhow::anyhow!(
+                    "--overlay {}: {e} (give a compose file such as compose/fast-walks.yml)",
+                    f.display()
+                )
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     for note in host::check_neighbour_table(nodes, args.ignore_host_limits)?.notes {
         eprintln!("testbed: {note}");
     }
@@ -200,7 +214,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         project,
         peers: args.peers,
         root: root(),
-        overlays: args.overlays,
+        overlays,
         image: args.image.image,
         compose,
         keep: args.keep,
@@ -221,6 +235,8 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
 
 async fn down(project: &str) -> anyhow::Result<u8> {
     let docker = testbed_check::source::connect_docker().await?;
+    // The same normalisation `up --project` applied, so the name given to both finds the project.
+    let project = &testbed_check::source::normalize_project_name(project);
     let teardown = engine::teardown(&docker, project).await;
     eprintln!(
         "testbed: removed {} containers and {} networks of {project}",
@@ -236,6 +252,19 @@ async fn down(project: &str) -> anyhow::Result<u8> {
         Ok(2)
     }
 }
+
+/// Peers on one host: at least one; past 10 000 the arithmetic of timeouts and host limits, and
+/// any one host, is out of its depth.
+pub fn parse_peers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if (1..=MAX_PEERS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?} is not a number of peers from 1 to {MAX_PEERS}"
+        )),
+    }
+}
+
+pub const MAX_PEERS: usize = 10_000;
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim())

@@ -60,14 +60,20 @@ pub struct RunOutcome {
     /// The host's 1-minute load average when the check finished.
     pub load_average: Option<f64>,
     pub teardown: Option<Teardown>,
+    /// What went wrong after the check: logs not saved, containers or networks not removed.
+    pub cleanup_errors: Vec<String>,
     #[serde(skip)]
     pub report: Option<Report>,
     pub run_dir: PathBuf,
 }
 
 impl RunOutcome {
-    /// 0 passed, 1 a property failed, 2 the run itself failed.
+    /// 0 passed, 1 a property failed, 2 the run itself failed — including a run whose logs were
+    /// not saved or that left containers or networks behind, whatever the verdict.
     pub fn exit_code(&self) -> u8 {
+        if !self.cleanup_errors.is_empty() {
+            return 2;
+        }
         match (&self.report, &self.error) {
             (Some(r), None) if r.passed => 0,
             (Some(_), _) => 1,
@@ -94,6 +100,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         idle_cpu_percent: Vec::new(),
         load_average: None,
         teardown: None,
+        cleanup_errors: Vec::new(),
         report: None,
         run_dir: run_dir.clone(),
     };
@@ -108,12 +115,14 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
             if let Err(e) = result {
                 outcome.error = Some(format!("{e:#}"));
             }
-            false
+            None
         }
-        _ = tokio::signal::ctrl_c() => true,
+        signal = interrupted() => Some(signal),
     };
-    if interrupted {
-        outcome.error = Some("interrupted (Ctrl-C): saving logs and tearing down".into());
+    if let Some(signal) = interrupted {
+        outcome.error = Some(format!(
+            "interrupted ({signal}): saving logs and tearing down"
+        ));
         eprintln!("\n{}", outcome.error.as_deref().unwrap_or_default());
     }
 
@@ -140,7 +149,12 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
                 relative(&run_dir, &spec.root)
             ));
         }
-        Err(e) => eprintln!("  cannot save logs: {e:#}"),
+        Err(e) => {
+            eprintln!("  cannot save logs: {e:#}");
+            outcome
+                .cleanup_errors
+                .push(format!("cannot save logs: {e:#}"));
+        }
     }
     if spec.keep {
         say(&format!(
@@ -156,11 +170,39 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
             ));
         } else {
             eprintln!("could not remove: {}", teardown.leftovers.join(", "));
+            outcome.cleanup_errors.push(format!(
+                "could not remove: {}",
+                teardown.leftovers.join(", ")
+            ));
         }
         outcome.teardown = Some(teardown);
     }
     write_outputs(&outcome, &run_dir, spec);
     outcome
+}
+
+/// Resolves on Ctrl-C, or SIGTERM (`timeout`, a CI runner cancelling, `kill`), with its name. Either
+/// way the run still stops, saves and tears down what it started.
+async fn interrupted() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            return tokio::select! {
+                () = ctrl_c() => "Ctrl-C",
+                _ = term.recv() => "SIGTERM",
+            };
+        }
+    }
+    ctrl_c().await;
+    "Ctrl-C"
+}
+
+/// Ctrl-C; never, if the handler cannot be installed (that is no reason to stop a run).
+async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn bring_up_and_check(
@@ -181,17 +223,27 @@ async fn bring_up_and_check(
         spec.compose.name()
     ));
     let started = Instant::now();
-    let up = {
-        let (compose, root, project) = (
-            spec.compose.clone(),
-            spec.root.clone(),
-            spec.project.clone(),
-        );
-        let (files, peers, log) = (files.clone(), spec.peers, run_dir.join("compose.log"));
-        tokio::task::spawn_blocking(move || compose.up(&root, &project, &files, peers, &env, &log))
+    let log = run_dir.join("compose.log");
+    let up = async {
+        // Bounded too: the engine's deadline alone would let a compose that hangs after starting
+        // every container hang the run.
+        tokio::time::timeout(
+            spec.up_timeout,
+            spec.compose
+                .up(&spec.root, &spec.project, &files, spec.peers, &env, &log),
+        )
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "{} up did not finish within {}s (--up-timeout)",
+                spec.compose.name(),
+                spec.up_timeout.as_secs()
+            )
+        })?
     };
-    // `up` returns once compose has created and started everything; waiting on the engine as well
-    // shows progress and bounds the whole thing.
+    // `up` returns once compose has created and started everything; the engine is watched as well
+    // for progress and for the deadline. The first error ends both (a failed compose is not waited
+    // out; a compose past the deadline is killed).
     let expected = spec.peers + 1;
     let mut reported = Instant::now();
     let waiting = engine::wait_running(docker, &spec.project, expected, spec.up_timeout, |n| {
@@ -200,9 +252,7 @@ async fn bring_up_and_check(
             reported = Instant::now();
         }
     });
-    let (up_result, running) = tokio::join!(up, waiting);
-    up_result.context("compose up panicked")??;
-    running?;
+    tokio::try_join!(up, waiting)?;
     let up_seconds = started.elapsed().as_secs_f64();
     outcome.up_seconds = Some(up_seconds);
     say(&format!(

@@ -1,0 +1,39 @@
+//! `testbed` refuses bad input before it touches Docker: exit 2, naming the flag and the value.
+
+use std::process::Command;
+
+fn testbed(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(args)
+        .output()
+        .expect("testbed runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn bad_flags_exit_2_naming_the_flag_and_the_value() {
+    for (args, flag, value) in [
+        (&["up", "--peers", "0"][..], "--peers", "0"),
+        (&["up", "--peers", "many"][..], "--peers", "many"),
+        (&["up", "--closest-threshold", "90"][..], "--closest-threshold", "90"),
+        (&["up", "--wait", "soon"][..], "--wait", "soon"),
+        (&["bench", "--peers", "10,0"][..], "--peers", "0"),
+    ] {
+        let (code, stderr) = testbed(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_overlay_is_named_before_anything_starts() {
+    let (code, stderr) = testbed(&["up", "--overlay", "compose/no-such-overlay.yml"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--overlay compose/no-such-overlay.yml"),
+        "{stderr}"
+    );
+}
