@@ -798,7 +798,15 @@ mod tests {
         assert_eq!(parse_share("0.9"), Ok(0.9));
         assert_eq!(parse_share("90%"), Ok(0.9));
         assert_eq!(parse_share(" 95 % "), Ok(0.95));
-        assert!(parse_share("90").unwrap_err().contains("90"));
-        assert!(parse_share("ninety").unwrap_err().contains("ninety"));
+        assert!(
+            parse_share("90")
+                .expect_err("a bare 90 is refused")
+                .contains("90")
+        );
+        assert!(
+            parse_share("ninety")
+                .expect_err("not a number")
+                .contains("ninety")
+        );
     }
 }

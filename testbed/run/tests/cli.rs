@@ -7,7 +7,10 @@ fn testbed(args: &[&str]) -> (Option<i32>, String) {
         .args(args)
         .output()
         .expect("testbed runs");
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -15,7 +18,11 @@ fn bad_flags_exit_2_naming_the_flag_and_the_value() {
     for (args, flag, value) in [
         (&["up", "--peers", "0"][..], "--peers", "0"),
         (&["up", "--peers", "many"][..], "--peers", "many"),
-        (&["up", "--closest-threshold", "90"][..], "--closest-threshold", "90"),
+        (
+            &["up", "--closest-threshold", "90"][..],
+            "--closest-threshold",
+            "90",
+        ),
         (&["up", "--wait", "soon"][..], "--wait", "soon"),
         (&["bench", "--peers", "10,0"][..], "--peers", "0"),
     ] {
