@@ -114,11 +114,7 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
         .all(|part| part.logs().all(|log| names.insert(log.name.clone())));
     if !disjoint {
         for file in &files {
-            let f = std::fs::File::open(file).map_err(|source| SourceError::Io {
-                path: file.display().to_string(),
-                source,
-            })?;
-            read_stream(&node_name(file), f, ingest)?;
+            read_file(file, ingest)?;
         }
         return Ok(());
     }
@@ -141,11 +137,7 @@ fn read_files_parallel(files: &[PathBuf], workers: usize) -> Result<Vec<Ingest>,
                         let Some(file) = files.get(i) else {
                             return Ok(mine);
                         };
-                        let f = std::fs::File::open(file).map_err(|source| SourceError::Io {
-                            path: file.display().to_string(),
-                            source,
-                        })?;
-                        read_stream(&node_name(file), f, &mut mine)?;
+                        read_file(file, &mut mine)?;
                     }
                 })
             })
@@ -163,6 +155,15 @@ fn read_files_parallel(files: &[PathBuf], workers: usize) -> Result<Vec<Ingest>,
             })
             .collect()
     })
+}
+
+/// One per-node file (or compose dump) into `ingest`.
+fn read_file(file: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
+    let f = std::fs::File::open(file).map_err(|source| SourceError::Io {
+        path: file.display().to_string(),
+        source,
+    })?;
+    read_stream(&node_name(file), f, ingest)
 }
 
 /// The node name for a file: its name without a log-ish extension.
