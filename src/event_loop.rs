@@ -345,9 +345,6 @@ impl<W: Write> EventLoop<W> {
                 .min();
             run.buckets = Some(closest.map_or(Vec::new(), |c| (c + 1..=255).collect()));
         }
-        let Some(run) = &mut self.bootstrapping else {
-            return;
-        };
         while let Some(bucket) = run.buckets.as_mut().and_then(Vec::pop) {
             if let Some(target) = random_peer_in_bucket(&local, bucket) {
                 let id = self.swarm.behaviour_mut().kad.get_n_closest_peers(

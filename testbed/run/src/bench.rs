@@ -152,18 +152,17 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
     let logs = outcome.run_dir.join("logs");
     let convergence =
         testbed_check::timeline::replay_dir(&logs, 20, DEFAULT_CLOSEST_THRESHOLD).ok();
-    let sorted_mb = |bytes: fn(&crate::engine::NodeResources) -> u64| {
-        let mut mb: Vec<f64> = outcome
-            .resources
-            .iter()
-            .map(|r| bytes(r) as f64 / (1024.0 * 1024.0))
-            .collect();
-        mb.sort_by(f64::total_cmp);
-        mb
+    // One value per node, sorted for median and max.
+    let sorted = |value: fn(&crate::engine::NodeResources) -> f64| {
+        let mut values: Vec<f64> = outcome.resources.iter().map(value).collect();
+        values.sort_by(f64::total_cmp);
+        values
     };
-    let rss = sorted_mb(|r| r.rss_bytes);
-    let mut cpu_total: Vec<f64> = outcome.resources.iter().map(|r| r.cpu_seconds).collect();
-    cpu_total.sort_by(f64::total_cmp);
+    fn mb(bytes: u64) -> f64 {
+        bytes as f64 / (1024.0 * 1024.0)
+    }
+    let rss = sorted(|r| mb(r.rss_bytes));
+    let cpu_total = sorted(|r| r.cpu_seconds);
     let mut idle = outcome.idle_cpu_percent.clone();
     idle.sort_by(f64::total_cmp);
     let minutes = convergence.as_ref().and_then(|c| {
@@ -199,8 +198,8 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
         best_closest_share: convergence.as_ref().map_or(0.0, |c| c.best_closest_share),
         rss_median_mb: median(&rss),
         rss_max_mb: rss.last().copied(),
-        rss_anon_median_mb: median(&sorted_mb(|r| r.rss_anon_bytes)),
-        rss_file_median_mb: median(&sorted_mb(|r| r.rss_file_bytes)),
+        rss_anon_median_mb: median(&sorted(|r| mb(r.rss_anon_bytes))),
+        rss_file_median_mb: median(&sorted(|r| mb(r.rss_file_bytes))),
         cpu_total_median_s: median(&cpu_total),
         cpu_idle_median_pct: median(&idle),
         cpu_idle_max_pct: idle.last().copied(),

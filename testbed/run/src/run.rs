@@ -150,10 +150,9 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
             ));
         }
         Err(e) => {
-            eprintln!("  cannot save logs: {e:#}");
-            outcome
-                .cleanup_errors
-                .push(format!("cannot save logs: {e:#}"));
+            let problem = format!("cannot save logs: {e:#}");
+            eprintln!("  {problem}");
+            outcome.cleanup_errors.push(problem);
         }
     }
     if spec.keep {
@@ -169,11 +168,9 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
                 teardown.containers_removed, teardown.networks_removed
             ));
         } else {
-            eprintln!("could not remove: {}", teardown.leftovers.join(", "));
-            outcome.cleanup_errors.push(format!(
-                "could not remove: {}",
-                teardown.leftovers.join(", ")
-            ));
+            let problem = format!("could not remove: {}", teardown.leftovers.join(", "));
+            eprintln!("{problem}");
+            outcome.cleanup_errors.push(problem);
         }
         outcome.teardown = Some(teardown);
     }
