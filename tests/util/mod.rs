@@ -108,21 +108,21 @@ pub fn test_args(extra: &[&str]) -> kad_node::NodeArgs {
     } else {
         &["--listen", "/ip4/127.0.0.1/tcp/0"]
     };
+    // Fast timers, each unless `extra` sets it.
     let base = [
-        "--walk-interval",
-        "1s",
-        "--bootstrap-interval",
-        "5s",
-        "--table-debounce",
-        "100ms",
-        "--heartbeat",
-        "2s",
-        "--dial-backoff-max",
-        "500ms",
+        ["--walk-interval", "1s"],
+        ["--bootstrap-interval", "5s"],
+        ["--table-debounce", "100ms"],
+        ["--heartbeat", "2s"],
+        ["--dial-backoff-max", "500ms"],
     ];
+    let base = base
+        .iter()
+        .filter(|[flag, _]| !extra.contains(flag))
+        .flatten();
     let args = std::iter::once(&"kad-node")
         .chain(listen)
-        .chain(&base)
+        .chain(base)
         .chain(extra);
     <Cli as clap::Parser>::try_parse_from(args)
         .expect("test flags parse")
