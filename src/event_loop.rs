@@ -35,18 +35,6 @@ const DIAL_BACKOFF_START: Duration = Duration::from_millis(250);
 /// network around a node changes most, so walks are frequent then and rare once it settled.
 const WALK_START: Duration = Duration::from_secs(60);
 
-/// Peers a lookup of the node's own key asks for: 2k, not k.
-///
-/// A node learns of a newcomer only when the newcomer connects to it (identify on that connection
-/// is what inserts it), and the newcomer's self lookup connects to the peers closest to *it*. The
-/// nodes that should hold the newcomer among *their* 20 closest are not the same set: a node in
-/// a sparse part of the key space has its 20th closest far away, so a newcomer can belong in its
-/// top 20 while it is only the newcomer's 25th or 30th closest. Simulated with random ids, that is
-/// ~2 such pairs per node at N = 48 to 3000, and the newcomer's rank of them reached 39 at most; a
-/// k-wide self lookup missed them all, and those nodes waited for their own next walk (the flaw
-/// that left 10–25 of 48 nodes short of their closest peers). Asking for 2k reaches them.
-const NEIGHBOURHOOD: usize = 2 * kad::K_VALUE.get();
-
 /// When a joiner looks up its own key a second time, after its initial bootstrap. Nodes that
 /// joined at the same moment cannot find each other in their first lookups (neither is in any
 /// table yet); a few seconds later both are, and this lookup finds and informs them.
@@ -90,10 +78,16 @@ struct Bootstrapping {
     buckets: Option<Vec<u32>>,
 }
 
-/// Peers a bucket-refresh lookup asks for. libp2p's bootstrap asks for k = 20 per bucket, ~25
-/// connections each; the refresh only needs to meet some peers in that part of the key space.
-/// Measured at N = 300: ~63 outbound dials per node over a whole run, from ~700 with k-peer
-/// refreshes.
+/// Peers a refresh of a *full* bucket asks for. libp2p's bootstrap asks for k = 20 per bucket,
+/// ~25 connections each; a full bucket's part of the key space holds more than k nodes, and the
+/// refresh only needs to meet some of them. Measured at N = 300: ~63 outbound dials per node over
+/// a whole run, from ~700 with k-peer refreshes.
+///
+/// A bucket that is not full is refreshed with a k-peer lookup. Its part of the key space may hold
+/// fewer than k nodes, and then a k-peer lookup of any key in it reaches every one of them (each
+/// is closer to that key than any node outside). Those are the nodes that can want this one among
+/// their 20 closest while being far down its own list, where its self lookup does not reach:
+/// without this, such a node learned of the newcomer only on its own next walk.
 const REFRESH_PEERS: usize = 3;
 
 /// Timing knobs of the loop, from the command line.
@@ -324,7 +318,7 @@ impl<W: Write> EventLoop<W> {
 
     /// Starts a Kademlia bootstrap as the Kademlia paper describes a join: look up the node's own
     /// key, then refresh every bucket farther than the closest neighbour with a lookup of a random
-    /// key in it. The refreshes ask for [`REFRESH_PEERS`] peers each, not k.
+    /// key in it. Full buckets are refreshed with [`REFRESH_PEERS`] peers, the others with k.
     fn start_bootstrap(&mut self, trigger: BootstrapTrigger) {
         // Nothing to bootstrap from yet, or one running: the next round will do.
         if self.bootstrapping.is_some() || self.table_size() == 0 {
@@ -340,14 +334,11 @@ impl<W: Write> EventLoop<W> {
         });
     }
 
-    /// Looks up the node's own key, asking for its [`NEIGHBOURHOOD`]: every peer the lookup
-    /// reaches learns of this node, and this node of them.
+    /// Looks up the node's own key (its k closest): every peer the lookup reaches learns of this
+    /// node, and this node of them.
     fn lookup_own_key(&mut self) -> QueryId {
         let own = *self.swarm.local_peer_id();
-        self.swarm.behaviour_mut().kad.get_n_closest_peers(
-            own,
-            NonZeroUsize::new(NEIGHBOURHOOD).unwrap_or(NonZeroUsize::MIN),
-        )
+        self.swarm.behaviour_mut().kad.get_closest_peers(own)
     }
 
     /// A bootstrap step finished: start the next one, or report the bootstrap.
@@ -371,9 +362,19 @@ impl<W: Write> EventLoop<W> {
         }
         while let Some(bucket) = run.buckets.as_mut().and_then(Vec::pop) {
             if let Some(target) = random_peer_in_bucket(&local, bucket) {
-                let id = self.swarm.behaviour_mut().kad.get_n_closest_peers(
+                let kad = &mut self.swarm.behaviour_mut().kad;
+                let held = kad
+                    .kbuckets()
+                    .find(|b| b.range().0.ilog2() == Some(bucket))
+                    .map_or(0, |b| b.num_entries());
+                let peers = if held < kad::K_VALUE.get() {
+                    kad::K_VALUE.get()
+                } else {
+                    REFRESH_PEERS
+                };
+                let id = kad.get_n_closest_peers(
                     target,
-                    NonZeroUsize::new(REFRESH_PEERS).unwrap_or(NonZeroUsize::MIN),
+                    NonZeroUsize::new(peers).unwrap_or(NonZeroUsize::MIN),
                 );
                 self.queries.insert(id, Query::BootstrapStep);
                 return;

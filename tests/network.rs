@@ -229,10 +229,54 @@ fn lacking(nodes: &[InProcessNode], ids: &[String], closest: &[BTreeSet<String>]
             let table = latest_table(&node.events())
                 .map(|t| t.1)
                 .unwrap_or_default();
-            let missing = closest[i].difference(&table).count();
-            (missing > 0).then(|| format!("{} lacks {missing} of its {K} closest", ids[i]))
+            let missing: Vec<_> = closest[i].difference(&table).collect();
+            (!missing.is_empty()).then(|| {
+                let stories: Vec<String> = missing
+                    .iter()
+                    .map(|peer| {
+                        let theirs = ids
+                            .iter()
+                            .position(|id| id == *peer)
+                            .map(|j| story(&nodes[j].events(), &ids[i]))
+                            .unwrap_or_default();
+                        format!(
+                            "  {peer}\n    its events about it: {}\n    the peer's about it: {}",
+                            story(&node.events(), peer),
+                            theirs
+                        )
+                    })
+                    .collect();
+                format!(
+                    "{} lacks {} of its {K} closest:\n{}",
+                    ids[i],
+                    missing.len(),
+                    stories.join("\n")
+                )
+            })
         })
         .collect()
+}
+
+/// What a node's events say about `peer`, in order: which kinds of event named it (a failing
+/// test's explanation of why a peer is missing).
+fn story(events: &[testbed_events::Envelope], peer: &str) -> String {
+    let kinds: Vec<String> = events
+        .iter()
+        .filter(|e| !matches!(e.event, Event::RoutingTable { .. }))
+        .filter(|e| serde_json::to_string(&e.event).is_ok_and(|j| j.contains(peer)))
+        .map(|e| match &e.event {
+            Event::Identified { added_addrs, .. } if added_addrs.is_empty() => {
+                "identified(not added)".to_owned()
+            }
+            Event::RoutingUpdated { peer_id, .. } if peer_id != peer => "evicted".to_owned(),
+            other => other.type_name().to_owned(),
+        })
+        .collect();
+    if kinds.is_empty() {
+        "none".into()
+    } else {
+        kinds.join(", ")
+    }
 }
 
 /// Waits until every node holds its `K` closest peers, and prints how long that took from
@@ -258,6 +302,10 @@ async fn wait_for_closest(
     );
 }
 
+/// Held by each test that runs a network of 40+ nodes: two at once on a 2-core machine starve
+/// each other of CPU, and the test would then measure the harness, not the node.
+static BIG_NETWORK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Starts a node with the production timers and `extra` flags.
 fn production_node(extra: &[&str]) -> InProcessNode {
     InProcessNode::start(test_args(&[&PRODUCTION_TIMERS[..], extra].concat()))
@@ -269,6 +317,7 @@ fn production_node(extra: &[&str]) -> InProcessNode {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
     const NODES: usize = 48;
+    let _alone = BIG_NETWORK.lock().await;
     let bootstrap = production_node(&["--key-seed", "0"]);
     let (_, addr) = bootstrap.started().await;
     let mut nodes = vec![bootstrap];
@@ -307,6 +356,7 @@ async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_joining_one_by_one_are_learned_by_every_node_that_should_hold_them() {
     const NODES: usize = 40;
+    let _alone = BIG_NETWORK.lock().await;
     let bootstrap = production_node(&["--key-seed", "0"]);
     let (bootstrap_id, addr) = bootstrap.started().await;
     let mut nodes = vec![bootstrap];
