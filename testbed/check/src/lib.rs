@@ -57,17 +57,24 @@ impl Reader {
     /// Reads what is there now and judges it.
     pub async fn check(&mut self, opts: &CheckOptions) -> Result<Report, SourceError> {
         let files;
+        let mut opts = opts.clone();
         let ingests: Vec<&ingest::Ingest> = match (&mut self.compose, &self.source) {
             (Some(reader), _) => reader.read().await?,
             (None, Source::Files(path)) => {
                 let mut ingest = ingest::Ingest::new();
                 source::read_files(path, &mut ingest)?;
                 files = ingest;
+                // A run folder saved by `testbed up` knows when its shutdown began (no need to
+                // guess it) and how many nodes it started.
+                if let Some(run) = source::recorded_run(path) {
+                    opts.shutdown_at = opts.shutdown_at.or(run.shutdown_began);
+                    opts.expect_nodes = opts.expect_nodes.or(run.peers.map(|p| p + 1));
+                }
                 vec![&files]
             }
             (None, Source::Compose(_)) => unreachable!("compose sources have a reader"),
         };
-        judge(&self.source, &ingests, opts)
+        judge(&self.source, &ingests, &opts)
     }
 }
 

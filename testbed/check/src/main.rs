@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use testbed_check::verdict::{DEFAULT_CLOSEST_THRESHOLD, Status};
+use testbed_check::verdict::{DEFAULT_CLOSEST_THRESHOLD, PropertyId, Status};
 use testbed_check::{CheckOptions, Reader, Report, Source, SourceError, report};
 
 /// Reads every kad-testbed node's logs and checks that the Kademlia DHT formed.
@@ -56,10 +56,17 @@ struct Cli {
     #[arg(long, value_name = "N")]
     expect_nodes: Option<usize>,
 
-    /// In logs where every node stopped, stops within this gap of each other at the end are the
-    /// run's own shutdown (judged on the state before it), earlier ones are departures.
+    /// In logs where every node stopped and no shutdown moment is known, stops within this gap
+    /// of each other at the end, after every node's latest (re)start, are the run's own shutdown
+    /// (judged on the state before it); earlier ones are departures.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     shutdown_gap: Duration,
+
+    /// When the run's own shutdown began (RFC 3339, e.g. 2026-11-25T10:00:00Z): nodes that
+    /// stopped before it departed, the rest stopped with the run. A run folder saved by `testbed
+    /// up` records it in run.json, and it is used from there.
+    #[arg(long, value_name = "TIME", value_parser = testbed_events::Timestamp::parse_rfc3339)]
+    shutdown_at: Option<testbed_events::Timestamp>,
 
     /// Print the report as JSON on stdout instead of the table.
     #[arg(long)]
@@ -90,6 +97,7 @@ fn main() -> ExitCode {
         closest_threshold: cli.closest_threshold,
         expect_nodes: cli.expect_nodes,
         shutdown_gap: cli.shutdown_gap,
+        shutdown_at: cli.shutdown_at,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -170,7 +178,7 @@ async fn judge(
 
 /// `peers seen 37/41 · tables ≥ 1: 41/41 · k-closest 85 %`.
 fn summary(report: &Report) -> String {
-    let count = |id: &str| {
+    let count = |id: PropertyId| {
         report
             .property(id)
             .filter(|p| p.status != Status::Skipped)
@@ -179,8 +187,8 @@ fn summary(report: &Report) -> String {
     };
     format!(
         "peers seen {} · tables ≥ 1: {} · k-closest {:.0} %",
-        count("seen"),
-        count("tables"),
+        count(PropertyId::Seen),
+        count(PropertyId::Tables),
         report.closest.share * 100.0
     )
 }

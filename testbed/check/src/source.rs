@@ -11,6 +11,8 @@ use bollard::container::LogOutput;
 use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
 use futures::StreamExt;
 
+use testbed_events::Timestamp;
+
 use crate::ingest::Ingest;
 
 /// Containers whose logs are read at once: enough to hide latency, few enough not to swamp the
@@ -70,6 +72,31 @@ pub enum SourceError {
 }
 
 /// Reads saved logs: a folder, one file, or `-` for stdin.
+/// What `testbed up` recorded about a run in its `run.json`, found in a run folder
+/// (`runs/<name>/`) or beside its `logs/`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct RecordedRun {
+    /// When the run began stopping its nodes (`None` for a run left running with `--keep`).
+    pub shutdown_began: Option<Timestamp>,
+    /// Peers besides the bootstrap node.
+    pub peers: Option<usize>,
+}
+
+/// The `run.json` of a run folder, if `path` is one (or its `logs/`) and it parses.
+pub fn recorded_run(path: &Path) -> Option<RecordedRun> {
+    let candidates = [
+        path.join("run.json"),
+        path.parent()
+            .map(|p| p.join("run.json"))
+            .unwrap_or_default(),
+    ];
+    candidates.iter().filter(|p| p.is_file()).find_map(|p| {
+        let text = std::fs::read_to_string(p).ok()?;
+        serde_json::from_str::<RecordedRun>(&text).ok()
+    })
+}
+
 pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
     if path.as_os_str() == "-" {
         return read_stream("stdin", std::io::stdin().lock(), ingest);
@@ -461,6 +488,32 @@ pub fn normalize_project_name(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_folder_tells_when_its_shutdown_began() {
+        let run = tempfile::tempdir().expect("tempdir");
+        let logs = run.path().join("logs");
+        std::fs::create_dir(&logs).expect("mkdir");
+        assert_eq!(recorded_run(run.path()), None);
+        std::fs::write(
+            run.path().join("run.json"),
+            r#"{"name":"x","peers":10,"shutdown_began":"2026-11-25T10:00:05.250Z"}"#,
+        )
+        .expect("write");
+        let want = Some(RecordedRun {
+            shutdown_began: Timestamp::parse_rfc3339("2026-11-25T10:00:05.250Z").ok(),
+            peers: Some(10),
+        });
+        // From the run folder and from its logs/ alike.
+        assert_eq!(recorded_run(run.path()), want);
+        assert_eq!(recorded_run(&logs), want);
+        // A run left running records no shutdown.
+        std::fs::write(run.path().join("run.json"), r#"{"shutdown_began":null}"#).expect("write");
+        assert_eq!(
+            recorded_run(run.path()).and_then(|r| r.shutdown_began),
+            None
+        );
+    }
 
     #[test]
     fn a_line_docker_split_into_timestamped_entries_is_put_back_together() {

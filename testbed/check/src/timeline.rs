@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use serde::Serialize;
-use testbed_events::{Event, KadKey, Timestamp, kad_key, parse_line};
+use testbed_events::{Direction, Event, KadKey, Timestamp, kad_key, parse_line};
 
 use crate::source::SourceError;
 
@@ -30,6 +30,18 @@ pub struct Convergence {
     pub best_closest_share: f64,
     pub best_closest_ms: Option<i64>,
     pub snapshots: usize,
+    /// Connections each node dialed over the whole run (sorted): what the node costs the
+    /// network.
+    pub outbound_connections: Vec<u32>,
+}
+
+impl Convergence {
+    /// First moment every node held all of its k closest peers, if that happened.
+    pub fn all_closest_ms(&self) -> Option<i64> {
+        (self.best_closest_share >= 1.0)
+            .then_some(self.best_closest_ms)
+            .flatten()
+    }
 }
 
 struct NodeHistory {
@@ -51,6 +63,7 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
     };
     let mut histories: HashMap<u32, NodeHistory> = HashMap::new();
     let mut last_event: Option<Timestamp> = None;
+    let mut outbound: Vec<u32> = Vec::new();
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| io(dir, e))?
         .filter_map(Result::ok)
@@ -62,6 +75,7 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
         let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
         let text = String::from_utf8_lossy(&text);
         let mut me: Option<u32> = None;
+        let mut dialed = 0;
         for line in text.lines() {
             let Ok(parsed) = parse_line(line) else {
                 continue;
@@ -88,12 +102,21 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
                         h.snapshots.push((ts, table));
                     }
                 }
+                Event::ConnectionEstablished {
+                    direction: Direction::Dialer,
+                    ..
+                } => dialed += 1,
                 _ => {}
             }
+        }
+        if me.is_some() {
+            outbound.push(dialed);
         }
     }
     let mut convergence = replay(histories, k, threshold);
     convergence.last_event = last_event;
+    outbound.sort_unstable();
+    convergence.outbound_connections = outbound;
     Ok(convergence)
 }
 

@@ -23,6 +23,15 @@ impl Timestamp {
         self.0
     }
 
+    /// Parses RFC 3339 (`2026-11-25T10:00:00Z`, fractions of a second allowed).
+    pub fn parse_rfc3339(text: &str) -> Result<Self, String> {
+        humantime::parse_rfc3339_weak(text.trim())
+            .map(Timestamp::from)
+            .map_err(|e| {
+                format!("invalid timestamp {text:?}: {e} (expected e.g. 2026-11-25T10:00:00Z)")
+            })
+    }
+
     /// Milliseconds from `earlier` to `self`, zero if `earlier` is later.
     pub fn millis_since(self, earlier: Timestamp) -> u64 {
         self.0.saturating_sub(earlier.0)
@@ -52,9 +61,7 @@ impl Serialize for Timestamp {
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        humantime::parse_rfc3339_weak(&text)
-            .map(Timestamp::from)
-            .map_err(|e| serde::de::Error::custom(format!("invalid timestamp {text:?}: {e}")))
+        Timestamp::parse_rfc3339(&text).map_err(serde::de::Error::custom)
     }
 }
 

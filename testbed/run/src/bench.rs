@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use testbed_check::verdict::DEFAULT_CLOSEST_THRESHOLD;
 use testbed_check::{CheckOptions, Source, read_and_check};
 
@@ -27,6 +27,15 @@ pub struct BenchArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     settle: Duration,
 
+    /// Start the peers in this many waves rather than all at once: joins spread out, as on a
+    /// slow daemon (the case where early nodes used to miss later, closer peers).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    waves: u32,
+
+    /// Pause between two waves.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    wave_gap: Duration,
+
     /// Run even if the host's neighbour table looks too small.
     #[arg(long)]
     ignore_host_limits: bool,
@@ -35,9 +44,14 @@ pub struct BenchArgs {
     image: ImageArgs,
 }
 
-/// One size's numbers.
-#[derive(Debug, Serialize)]
+/// One size's numbers. Rows of earlier benchmark commands are kept in BENCHMARKS.json (a
+/// burst run and a run in waves are separate commands), each with its own commit and date;
+/// fields added later read as empty from older rows.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Row {
+    pub commit: String,
+    pub date: String,
     pub peers: usize,
     pub nodes: usize,
     pub passed: bool,
@@ -51,6 +65,14 @@ pub struct Row {
     /// From the last node's start until the k-closest threshold held.
     pub closest_s: Option<f64>,
     pub best_closest_share: f64,
+    /// From the last node's start until every node held all of its k closest peers.
+    pub all_closest_s: Option<f64>,
+    /// Start waves (1: all at once) and the pause between them.
+    pub waves: u32,
+    pub wave_gap_s: f64,
+    /// Connections a node dialed over the whole run (median and max over nodes).
+    pub dials_median: Option<f64>,
+    pub dials_max: Option<f64>,
     pub rss_median_mb: Option<f64>,
     pub rss_max_mb: Option<f64>,
     /// Medians of the RSS's two parts: the node's own memory, and pages mapped from the binary
@@ -69,7 +91,41 @@ pub struct Row {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+impl Default for Row {
+    fn default() -> Self {
+        Row {
+            commit: String::new(),
+            date: String::new(),
+            peers: 0,
+            nodes: 0,
+            passed: false,
+            run: String::new(),
+            up_s: None,
+            start_rate: None,
+            all_seen_s: None,
+            closest_s: None,
+            best_closest_share: 0.0,
+            all_closest_s: None,
+            waves: 1,
+            wave_gap_s: 0.0,
+            dials_median: None,
+            dials_max: None,
+            rss_median_mb: None,
+            rss_max_mb: None,
+            rss_anon_median_mb: None,
+            rss_file_median_mb: None,
+            cpu_total_median_s: None,
+            cpu_idle_median_pct: None,
+            cpu_idle_max_pct: None,
+            load_average: None,
+            log_kb_per_node_min: None,
+            checker_s: None,
+            error: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
 struct Machine {
     cpu: String,
     cores: usize,
@@ -79,7 +135,7 @@ struct Machine {
     compose: String,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Benchmarks {
     date: String,
     commit: String,
@@ -120,7 +176,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             compose: compose.clone(),
             keep: false,
             wait: crate::default_wait(peers),
-            up_timeout: crate::default_up_timeout(peers),
+            up_timeout: crate::default_up_timeout(peers) + args.wave_gap * (args.waves - 1),
+            waves: run::Waves {
+                count: args.waves,
+                gap: args.wave_gap,
+            },
             check: CheckOptions {
                 expect_nodes: Some(peers + 1),
                 ..CheckOptions::default()
@@ -129,7 +189,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             settle: Some(args.settle),
         };
         let outcome = run::execute(&spec, &docker).await;
-        rows.push(measure(&outcome, peers).await);
+        let mut row = measure(&outcome, peers).await;
+        row.commit = commit(&root);
+        row.date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+        row.waves = args.waves;
+        row.wave_gap_s = if args.waves > 1 {
+            args.wave_gap.as_secs_f64()
+        } else {
+            0.0
+        };
+        rows.push(row);
         let bench = Benchmarks {
             date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
             commit: commit(&root),
@@ -137,7 +206,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             machine: machine(&docker, &compose).await,
             image_bytes,
             settle_s: args.settle.as_secs(),
-            rows: std::mem::take(&mut rows),
+            rows: with_earlier_rows(&root, std::mem::take(&mut rows)),
         };
         // Written after every size, so a long benchmark that dies late still leaves its numbers.
         write(&root, &bench)?;
@@ -145,6 +214,26 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     }
     let all_passed = rows.iter().all(|r| r.passed);
     Ok(if all_passed { 0 } else { 1 })
+}
+
+/// `rows`, plus the rows of the BENCHMARKS.json already there for other (peers, waves) pairs, in
+/// order of waves then peers.
+fn with_earlier_rows(root: &Path, mut rows: Vec<Row>) -> Vec<Row> {
+    let earlier = std::fs::read_to_string(root.join("BENCHMARKS.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Benchmarks>(&text).ok())
+        .map(|b| b.rows)
+        .unwrap_or_default();
+    for old in earlier {
+        if !rows
+            .iter()
+            .any(|r| r.peers == old.peers && r.waves == old.waves)
+        {
+            rows.push(old);
+        }
+    }
+    rows.sort_by_key(|r| (r.waves, r.peers));
+    rows
 }
 
 pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
@@ -162,6 +251,12 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
         bytes as f64 / (1024.0 * 1024.0)
     }
     let rss = sorted(|r| mb(r.rss_bytes));
+    let dials: Option<Vec<f64>> = convergence.as_ref().map(|c| {
+        c.outbound_connections
+            .iter()
+            .map(|&d| f64::from(d))
+            .collect()
+    });
     let cpu_total = sorted(|r| r.cpu_seconds);
     let mut idle = outcome.idle_cpu_percent.clone();
     idle.sort_by(f64::total_cmp);
@@ -181,6 +276,8 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
     }
     checker.sort_by(f64::total_cmp);
     Row {
+        commit: String::new(),
+        date: String::new(),
         peers,
         nodes,
         passed: outcome.exit_code() == 0,
@@ -196,6 +293,14 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
             .and_then(|c| c.closest_ms)
             .map(|ms| ms as f64 / 1000.0),
         best_closest_share: convergence.as_ref().map_or(0.0, |c| c.best_closest_share),
+        all_closest_s: convergence
+            .as_ref()
+            .and_then(|c| c.all_closest_ms())
+            .map(|ms| ms as f64 / 1000.0),
+        waves: 1,
+        wave_gap_s: 0.0,
+        dials_median: dials.as_deref().and_then(median),
+        dials_max: dials.as_ref().and_then(|d| d.last().copied()),
         rss_median_mb: median(&rss),
         rss_max_mb: rss.last().copied(),
         rss_anon_median_mb: median(&sorted(|r| mb(r.rss_anon_bytes))),
@@ -327,19 +432,30 @@ fn markdown(b: &Benchmarks) -> String {
         b.settle_s
     ));
     out.push_str(
-        "| peers | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | best k-closest | RSS median / max (MB) | anon / file median (MB) | CPU total / idle median / idle max | load | log KB/node/min | checker (s) |\n",
+        "| peers | waves | commit | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | k-closest 100 % (s) | best k-closest | dials / node median / max | RSS median / max (MB) | anon / file median (MB) | CPU total / idle median / idle max | load | log KB/node/min | checker (s) |\n",
     );
-    out.push_str("|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str(
+        "|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
     for r in &b.rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} |\n",
+            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} |\n",
             r.peers,
+            if r.waves > 1 {
+                format!("{} × {:.0} s", r.waves, r.wave_gap_s)
+            } else {
+                "1".into()
+            },
+            r.commit,
             if r.passed { "✅" } else { "❌" },
             num(r.up_s, 1),
             num(r.start_rate, 1),
             num(r.all_seen_s, 1),
             num(r.closest_s, 1),
+            num(r.all_closest_s, 1),
             r.best_closest_share * 100.0,
+            num(r.dials_median, 0),
+            num(r.dials_max, 0),
             num(r.rss_median_mb, 1),
             num(r.rss_max_mb, 1),
             num(r.rss_anon_median_mb, 1),
@@ -353,20 +469,56 @@ fn markdown(b: &Benchmarks) -> String {
         ));
     }
     out.push_str(
-        "\nColumns: *up* is `compose up` until every container runs; *all seen* and *k-closest* \
+        "\nColumns: *waves* is how the peers were started: all at once (1), or in W waves a gap \
+         apart; *up* is `compose up` until every container runs; *all seen* and *k-closest* \
          are measured from the moment the last node started, by replaying every routing-table \
          snapshot of the saved logs (`testbed_check::timeline`); a negative value means it already \
-         held when the last node started. *checker* is `testbed-check --logs runs/<run>/logs` on \
-         the saved logs, median of three.\n\n",
+         held when the last node started. *k-closest 100 %* is when every node held all of its 20 \
+         closest peers (– if that never happened). *dials* are the connections a node opened over \
+         the whole run. *checker* is `testbed-check --logs runs/<run>/logs` on the saved logs, \
+         median of three. Rows of earlier commands are kept, each with its commit.\n\n",
     );
     out.push_str("## Targets\n\n");
-    let row = |n: usize| b.rows.iter().find(|r| r.peers == n);
+    let row = |n: usize| b.rows.iter().find(|r| r.peers == n && r.waves == 1);
+    let waves = |n: usize| b.rows.iter().find(|r| r.peers == n && r.waves > 1);
+    let within_60 = |r: Option<&Row>| {
+        (
+            r.map(|r| r.all_closest_s.is_some_and(|s| s <= 60.0)),
+            r.map(|r| format!("{} s", num(r.all_closest_s, 1))),
+        )
+    };
+    let (ok300, at300) = within_60(row(300));
+    let (ok1000, at1000) = within_60(row(1000));
+    let (ok300w, at300w) = within_60(waves(300));
     let verdict = |ok: Option<bool>| match ok {
         Some(true) => "met",
         Some(false) => "**missed**",
         None => "not measured",
     };
     let targets = [
+        (
+            "every node holds all of its 20 closest within 60 s of the last start, N = 300",
+            ok300,
+            at300,
+        ),
+        (
+            "the same with the peers started in waves, N = 300",
+            ok300w,
+            at300w,
+        ),
+        ("the same, N = 1000", ok1000, at1000),
+        (
+            "outbound dials per node ≤ 2× the 63 measured before the join fix, N = 300 (median)",
+            row(300).and_then(|r| r.dials_median).map(|d| d <= 126.0),
+            row(300).map(|r| num(r.dials_median, 0)),
+        ),
+        (
+            "idle CPU ≤ 2× the 0.07 % measured before the join fix, N = 300 (median)",
+            row(300)
+                .and_then(|r| r.cpu_idle_median_pct)
+                .map(|c| c <= 0.14),
+            row(300).map(|r| format!("{} %", num(r.cpu_idle_median_pct, 2))),
+        ),
         (
             "N = 1000 passes the check",
             row(1000).map(|r| r.passed),

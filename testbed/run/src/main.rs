@@ -10,6 +10,7 @@
 //! * `image.rs`: building the image from a local static binary or from source.
 //! * `host.rs`: host limits (the neighbour table) checked, and raised where allowed.
 //! * `bench.rs`: runs at several sizes and writes BENCHMARKS.md.
+//! * `flaky.rs`: runs any command K times: pass rate with a confidence interval, timings.
 //!
 //! This is the only code that drives Docker: the node never reads logs, the checker never starts
 //! containers.
@@ -17,6 +18,7 @@
 mod bench;
 mod compose;
 mod engine;
+mod flaky;
 mod host;
 mod image;
 mod run;
@@ -57,6 +59,9 @@ enum Cmd {
     Image(ImageArgs),
     /// Run the testbed at several sizes and write BENCHMARKS.md and BENCHMARKS.json.
     Bench(bench::BenchArgs),
+    /// Run a command K times (the flake check): pass rate with a 95 % Wilson interval, run
+    /// times, and numbers it prints; logs in runs/<name>/. Exit 0 if every run passed, 1 if not.
+    Flaky(flaky::FlakyArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -136,6 +141,7 @@ fn main() -> ExitCode {
             Cmd::Down { project } => down(&project).await,
             Cmd::Image(args) => build_image(&args).map(|()| 0),
             Cmd::Bench(args) => bench::run(args).await,
+            Cmd::Flaky(args) => flaky::run(&args, &root()),
         }
     });
     match result {
@@ -220,6 +226,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         keep: args.keep,
         wait: args.wait.unwrap_or(default_wait(args.peers)),
         up_timeout: args.up_timeout.unwrap_or(default_up_timeout(args.peers)),
+        waves: run::Waves::ALL_AT_ONCE,
         check: CheckOptions {
             full_mesh: args.full_mesh,
             closest_threshold: args.closest_threshold,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bollard::Docker;
 use serde::Serialize;
+use testbed_check::verdict::PropertyId;
 use testbed_check::{CheckOptions, Reader, Report, Source, report};
 
 use crate::compose::Compose;
@@ -28,14 +29,36 @@ pub struct RunSpec {
     pub keep: bool,
     /// How long the DHT may take to form once the containers run.
     pub wait: Duration,
-    /// How long `up` may take until every container runs.
+    /// How long `up` may take until every container runs (all waves).
     pub up_timeout: Duration,
+    /// Start the peers all at once, or in waves.
+    pub waves: Waves,
     pub check: CheckOptions,
     /// Extra environment for compose (KAD_… knobs).
     pub env: Vec<(String, String)>,
     /// Benchmarks: once the check is done, let the network idle this long and sample per-node
     /// memory and CPU at both ends.
     pub settle: Option<Duration>,
+}
+
+/// Peers started in `count` waves, `gap` apart (1: all at once).
+#[derive(Debug, Clone, Copy)]
+pub struct Waves {
+    pub count: u32,
+    pub gap: Duration,
+}
+
+impl Waves {
+    pub const ALL_AT_ONCE: Waves = Waves {
+        count: 1,
+        gap: Duration::ZERO,
+    };
+
+    /// The peer count compose scales to after each wave: the last is `peers`.
+    pub fn scales(&self, peers: usize) -> Vec<usize> {
+        let count = self.count.max(1) as usize;
+        (1..=count).map(|i| (peers * i).div_ceil(count)).collect()
+    }
 }
 
 /// What happened, written to `runs/<name>/run.json`.
@@ -60,6 +83,9 @@ pub struct RunOutcome {
     /// The host's 1-minute load average when the check finished.
     pub load_average: Option<f64>,
     pub teardown: Option<Teardown>,
+    /// When this run began stopping its nodes: the checker judges nodes that went down before it
+    /// as departed, the rest as stopped with the run (`testbed-check --logs runs/<name>` reads it).
+    pub shutdown_began: Option<testbed_events::Timestamp>,
     /// What went wrong after the check: logs not saved, containers or networks not removed.
     pub cleanup_errors: Vec<String>,
     #[serde(skip)]
@@ -100,6 +126,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         idle_cpu_percent: Vec::new(),
         load_average: None,
         teardown: None,
+        shutdown_began: None,
         cleanup_errors: Vec::new(),
         report: None,
         run_dir: run_dir.clone(),
@@ -129,6 +156,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
     // Finally: stop (final snapshots), save, remove. Each step runs even if the previous failed.
     if !spec.keep {
         say("stopping nodes (SIGTERM: each writes its final routing table)");
+        outcome.shutdown_began = Some(testbed_events::Timestamp::now());
         match engine::stop_all(docker, &spec.project).await {
             Ok(errors) if !errors.is_empty() => {
                 eprintln!(
@@ -174,8 +202,40 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         }
         outcome.teardown = Some(teardown);
     }
+    rejudge_saved_logs(&mut outcome, &run_dir, spec).await;
     write_outputs(&outcome, &run_dir, spec);
     outcome
+}
+
+/// The verdict printed and saved is the checker's on the saved logs, with the recorded shutdown
+/// moment: what `testbed-check --logs runs/<name>` says about the same folder. The live verdict
+/// only decided when to stop waiting.
+async fn rejudge_saved_logs(outcome: &mut RunOutcome, run_dir: &Path, spec: &RunSpec) {
+    if outcome.report.is_none() || outcome.log_bytes == 0 {
+        return;
+    }
+    let opts = CheckOptions {
+        shutdown_at: outcome.shutdown_began,
+        ..spec.check.clone()
+    };
+    match testbed_check::read_and_check(&Source::Files(run_dir.join("logs")), &opts).await {
+        Ok(report) => {
+            if report.passed != outcome.passed {
+                eprintln!(
+                    "testbed: the saved logs' verdict ({}) differs from the live one ({}); the saved one counts",
+                    if report.passed { "pass" } else { "fail" },
+                    if outcome.passed { "pass" } else { "fail" },
+                );
+            }
+            outcome.passed = report.passed;
+            outcome.report = Some(report);
+        }
+        Err(e) => {
+            let problem = format!("cannot judge the saved logs: {e}");
+            eprintln!("  {problem}");
+            outcome.cleanup_errors.push(problem);
+        }
+    }
 }
 
 /// Resolves on Ctrl-C, or SIGTERM (`timeout`, a CI runner cancelling, `kill`), with its name. Either
@@ -224,11 +284,19 @@ async fn bring_up_and_check(
     let up = async {
         // Bounded too: the engine's deadline alone would let a compose that hangs after starting
         // every container hang the run.
-        tokio::time::timeout(
-            spec.up_timeout,
-            spec.compose
-                .up(&spec.root, &spec.project, &files, spec.peers, &env, &log),
-        )
+        tokio::time::timeout(spec.up_timeout, async {
+            let scales = spec.waves.scales(spec.peers);
+            for (i, &scale) in scales.iter().enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(spec.waves.gap).await;
+                    say(&format!("wave {}: scaling to {scale} peers", i + 1));
+                }
+                spec.compose
+                    .up(&spec.root, &spec.project, &files, scale, &env, &log)
+                    .await?;
+            }
+            anyhow::Ok(())
+        })
         .await
         .map_err(|_| {
             anyhow::anyhow!(
@@ -269,9 +337,9 @@ async fn bring_up_and_check(
             Ok(r) => {
                 let line = format!(
                     "  peers seen {} · tables ≥ 1: {} · k-closest {:.0} % · {} s",
-                    r.property("seen")
+                    r.property(PropertyId::Seen)
                         .map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
-                    r.property("tables")
+                    r.property(PropertyId::Tables)
                         .map_or("-".into(), |p| format!("{}/{}", p.holds, p.of)),
                     r.closest.share * 100.0,
                     checking.elapsed().as_secs()
@@ -343,7 +411,8 @@ async fn bring_up_and_check(
 }
 
 fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
-    let source = format!("compose project \"{}\"", spec.project);
+    // The saved folder: the report is the checker's on it (see `rejudge_saved_logs`).
+    let source = relative(run_dir, &spec.root);
     if let Some(report) = &outcome.report {
         let human = report::human(report, &source, false);
         print!("{human}");
