@@ -424,3 +424,64 @@ fn no_docker_daemon_exits_2_with_what_to_do() {
         "{stderr}"
     );
 }
+
+/// Captured from a real run (compose by hand, 6 peers): once healthy, peer_3 was stopped, peer_5
+/// restarted 1 s later with a new identity, every node learned it, and 3.4 s after peer_3's stop
+/// every container was stopped. Within `--shutdown-gap` (10 s) of the shutdown, peer_3's stop
+/// still came before peer_5's restart: it departed. The network was healthy, so this passes.
+#[test]
+fn churn_near_the_end_is_a_departure_and_a_restart_and_passes() {
+    let out = check(&fixture("churn-near-end"), &["--expect-nodes", "6"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.says("6 nodes judged, 1 departed"), "{}", out.stdout);
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(line("peer_3 ").ends_with("departed"), "{}", out.stdout);
+    assert!(line("peer_5 ").contains("restarted 1x"), "{}", out.stdout);
+}
+
+/// The same logs with the shutdown said to begin before peer_3 stopped: peer_3 is then judged
+/// with the run, on a table without peer_5's new identity, and the check fails, as the checker
+/// before the restart rule failed this healthy run (it took every stop within 10 s of the last
+/// for the shutdown). The recorded moment decides over the guess.
+#[test]
+fn a_shutdown_moment_before_a_departure_judges_the_departed_node_and_fails() {
+    let stop = std::fs::read_to_string(util::fixture("churn-near-end").join("peer_3.log"))
+        .expect("fixture")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["type"] == "node_stopping")
+        .and_then(|v| v["ts"].as_str().map(str::to_owned))
+        .expect("peer_3 stopped");
+    // One second before peer_3's stop: the stop is part of the shutdown now.
+    let ts = testbed_events::Timestamp::parse_rfc3339(&stop).expect("timestamp");
+    let earlier = testbed_events::Timestamp(ts.as_millis() - 1000).to_string();
+    let out = check(&fixture("churn-near-end"), &["--shutdown-at", &earlier]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.says("7 nodes judged, 0 departed"), "{}", out.stdout);
+    // The failure the old guess produced on this run: the stopped peer never learned the
+    // restarted one, and the restarted one never knew the stopped one.
+    assert!(
+        out.says("FAIL  ≥ 90 % of live nodes hold their 20 XOR-closest"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.says("peer_3 (12D3…AnDEm9): holds 5 of its 6 closest live peers"));
+    assert!(out.says("peer_5 (12D3…E2PSZT): holds 5 of its 6 closest live peers"));
+}
+
+#[test]
+fn a_bad_shutdown_moment_is_a_usage_error_naming_the_flag() {
+    let out = check(&fixture("churn-near-end"), &["--shutdown-at", "yesterday"]);
+    assert_eq!(out.code, Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("--shutdown-at") && out.stderr.contains("yesterday"),
+        "{}",
+        out.stderr
+    );
+}
