@@ -31,6 +31,11 @@ pub struct NodeLog {
     pub peer_id: Option<String>,
     pub role: Option<Role>,
     pub started: Option<Timestamp>,
+    /// When its first incarnation started.
+    pub first_started: Option<Timestamp>,
+    /// Peer ids of its earlier incarnations (a restart makes a new identity), each with when that
+    /// incarnation went down.
+    pub former_ids: Vec<(String, Timestamp)>,
     /// `node_started` events seen; more than one means the process restarted.
     pub incarnations: u32,
     pub last_event: Option<Timestamp>,
@@ -76,6 +81,8 @@ pub struct LineStats {
     pub newer_version: u64,
     /// Events of a newer schema version that did not parse.
     pub unsupported_version: u64,
+    /// Events after the instant judged (`--at`), read and left out.
+    pub after_cutoff: u64,
 }
 
 impl LineStats {
@@ -136,10 +143,20 @@ impl NodeLog {
                 let name = std::mem::take(&mut self.name);
                 let incarnations = self.incarnations + 1;
                 let lines = self.lines;
+                let first_started = self.first_started.or(Some(ts));
+                let mut former_ids = std::mem::take(&mut self.former_ids);
+                if let Some(old) = self.peer_id.take() {
+                    if old != started.peer_id {
+                        let gone = self.stopped.as_ref().map_or(ts, |s| s.0);
+                        former_ids.push((old, gone));
+                    }
+                }
                 *self = Self {
                     name,
                     incarnations,
                     lines,
+                    first_started,
+                    former_ids,
                     peer_id: Some(started.peer_id),
                     role: Some(started.role),
                     started: Some(ts),
@@ -199,6 +216,8 @@ impl NodeLog {
 #[derive(Debug, Default)]
 pub struct Ingest {
     nodes: BTreeMap<String, NodeLog>,
+    /// Events after this instant are left out: the logs as they stood then (`--at`).
+    cutoff: Option<Timestamp>,
     /// Up to [`MAX_SAMPLES`] bad lines, quoted for the report.
     pub samples: Vec<String>,
 }
@@ -206,6 +225,19 @@ pub struct Ingest {
 impl Ingest {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An ingest that keeps only events up to `cutoff` (all when `None`): each node's state as
+    /// it stood at that instant, since a node's events are in time order.
+    pub fn until(cutoff: Option<Timestamp>) -> Self {
+        Self {
+            cutoff,
+            ..Self::default()
+        }
+    }
+
+    pub fn cutoff(&self) -> Option<Timestamp> {
+        self.cutoff
     }
 
     /// Feeds one line of the log named `node` (without its newline).
@@ -221,7 +253,11 @@ impl Ingest {
                 if parsed.newer_version {
                     log.lines.newer_version += 1;
                 }
-                log.apply(parsed.envelope);
+                if self.cutoff.is_some_and(|c| parsed.envelope.ts > c) {
+                    log.lines.after_cutoff += 1;
+                } else {
+                    log.apply(parsed.envelope);
+                }
                 return;
             }
             Err(e) => e,
@@ -255,8 +291,12 @@ impl Ingest {
         }
     }
 
-    /// Records whether a node's container is not running (Docker source).
+    /// Records whether a node's container is not running (Docker source). Not for an ingest with
+    /// a cutoff: the container's state now says nothing about that instant.
     pub fn set_exited(&mut self, node: &str, exited: bool) {
+        if self.cutoff.is_some() {
+            return;
+        }
         self.nodes
             .entry(node.to_owned())
             .or_insert_with(|| NodeLog::new(node))

@@ -35,6 +35,8 @@ pub mod source;
 pub mod timeline;
 pub mod verdict;
 
+use testbed_events::Timestamp;
+
 pub use source::{Source, SourceError};
 pub use verdict::{CheckOptions, Report, check};
 
@@ -54,14 +56,30 @@ impl Reader {
         Self { source, compose }
     }
 
-    /// Reads what is there now and judges it.
+    /// Reads what is there now and judges it (as of `opts.at`, if given).
     pub async fn check(&mut self, opts: &CheckOptions) -> Result<Report, SourceError> {
-        let files;
+        let cutoff = match opts.at {
+            None => None,
+            Some(verdict::At::Time(t)) => Some(t),
+            Some(verdict::At::AfterFirstStart(d)) => {
+                let first = self.first_start().await?;
+                Some(Timestamp(
+                    first.as_millis() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                ))
+            }
+        };
         let mut opts = opts.clone();
+        let files;
+        let mut as_of;
         let ingests: Vec<&ingest::Ingest> = match (&mut self.compose, &self.source) {
+            // With a cutoff every read starts afresh: the incremental reader keeps everything.
+            (_, Source::Compose(project)) if cutoff.is_some() => {
+                as_of = source::ComposeReader::new(project).until(cutoff);
+                as_of.read().await?
+            }
             (Some(reader), _) => reader.read().await?,
             (None, Source::Files(path)) => {
-                let mut ingest = ingest::Ingest::new();
+                let mut ingest = ingest::Ingest::until(cutoff);
                 source::read_files(path, &mut ingest)?;
                 files = ingest;
                 // A run folder saved by `testbed up` knows when its shutdown began (no need to
@@ -74,7 +92,39 @@ impl Reader {
             }
             (None, Source::Compose(_)) => unreachable!("compose sources have a reader"),
         };
-        judge(&self.source, &ingests, &opts)
+        let mut report = judge(&self.source, &ingests, &opts)?;
+        report.at = cutoff;
+        Ok(report)
+    }
+
+    /// When the first node started, from a full read of the source.
+    async fn first_start(&self) -> Result<Timestamp, SourceError> {
+        let files;
+        let mut compose;
+        let ingests: Vec<&ingest::Ingest> = match &self.source {
+            Source::Compose(project) => {
+                compose = source::ComposeReader::new(project);
+                compose.read().await?
+            }
+            Source::Files(path) => {
+                let mut ingest = ingest::Ingest::new();
+                source::read_files(path, &mut ingest)?;
+                files = ingest;
+                vec![&files]
+            }
+        };
+        ingests
+            .iter()
+            .flat_map(|i| i.logs())
+            .filter_map(|l| l.first_started)
+            .min()
+            .ok_or_else(|| SourceError::NoEvents {
+                origin: format!(
+                    "{} (no node_started, so --at +DURATION has no start)",
+                    self.source
+                ),
+                lines: 0,
+            })
     }
 }
 

@@ -62,6 +62,13 @@ struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     shutdown_gap: Duration,
 
+    /// Judge the network as it stood at this instant: a time (2026-11-25T10:00:00Z) or +DURATION
+    /// after the first node started (+90s). Only events up to it count: nodes that started later
+    /// do not exist yet, nodes that stopped later are still live, and each table is its latest
+    /// snapshot by then.
+    #[arg(long, value_name = "TIME", value_parser = testbed_check::verdict::parse_at, conflicts_with = "wait")]
+    at: Option<testbed_check::verdict::At>,
+
     /// When the run's own shutdown began (RFC 3339, e.g. 2026-11-25T10:00:00Z): nodes that
     /// stopped before it departed, the rest stopped with the run. A run folder saved by `testbed
     /// up` records it in run.json, and it is used from there.
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         expect_nodes: cli.expect_nodes,
         shutdown_gap: cli.shutdown_gap,
         shutdown_at: cli.shutdown_at,
+        at: cli.at,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -17,6 +17,9 @@ pub fn human(report: &Report, source: &str, all: bool) -> String {
         "testbed-check: {} nodes judged, {} departed, from {source}",
         report.live, report.departed
     );
+    if let Some(at) = report.at {
+        let _ = writeln!(out, "as of {at} (--at): events after it left out");
+    }
     if report.judged_before_shutdown {
         let _ = writeln!(
             out,

@@ -132,7 +132,7 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
     files.sort();
     // One file per node: read them on every core (a 1000-node run is ~600 MB of events).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let parts = read_files_parallel(&files, workers)?;
+    let parts = read_files_parallel(&files, workers, ingest.cutoff())?;
     // Files that share a node (a compose dump split in two, or a dump beside that node's own
     // file) must be read in order into one digest: then read them all in order, on one core.
     let mut names = std::collections::HashSet::new();
@@ -152,13 +152,17 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
 }
 
 /// Reads `files` on `workers` threads, each into its own digest.
-fn read_files_parallel(files: &[PathBuf], workers: usize) -> Result<Vec<Ingest>, SourceError> {
+fn read_files_parallel(
+    files: &[PathBuf],
+    workers: usize,
+    cutoff: Option<Timestamp>,
+) -> Result<Vec<Ingest>, SourceError> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
-                    let mut mine = Ingest::new();
+                    let mut mine = Ingest::until(cutoff);
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(file) = files.get(i) else {
@@ -209,6 +213,16 @@ fn node_name(path: &Path) -> String {
 
 /// Reads lines (invalid UTF-8 and colours tolerated) from `reader` as the file `name`.
 fn read_stream(name: &str, reader: impl Read, ingest: &mut Ingest) -> Result<(), SourceError> {
+    each_line(name, reader, |line| ingest.push_file_line(name, line))
+}
+
+/// Calls `f` with each line of `reader` (the file `name`, for errors), streamed, without its
+/// line end, invalid UTF-8 replaced and terminal colours removed. The one way logs are read.
+pub(crate) fn each_line(
+    name: &str,
+    reader: impl Read,
+    mut f: impl FnMut(&str),
+) -> Result<(), SourceError> {
     let mut reader = BufReader::with_capacity(256 * 1024, reader);
     let mut buf = Vec::with_capacity(4096);
     loop {
@@ -225,10 +239,9 @@ fn read_stream(name: &str, reader: impl Read, ingest: &mut Ingest) -> Result<(),
         let text = String::from_utf8_lossy(&buf);
         let line = text.trim_end_matches(['\n', '\r']);
         if line.contains('\x1b') {
-            let plain = strip_ansi_escapes::strip_str(line);
-            ingest.push_file_line(name, &plain);
+            f(&strip_ansi_escapes::strip_str(line));
         } else {
-            ingest.push_file_line(name, line);
+            f(line);
         }
     }
 }
@@ -292,6 +305,8 @@ pub fn short_name<'a>(container: &'a str, project: &str) -> &'a str {
 #[derive(Debug, Default)]
 pub struct ComposeReader {
     project: String,
+    /// Leave out events after this instant (`--at`).
+    cutoff: Option<Timestamp>,
     docker: Option<Docker>,
     containers: HashMap<String, ContainerLog>,
 }
@@ -310,6 +325,11 @@ impl ComposeReader {
             project: project.to_owned(),
             ..Self::default()
         }
+    }
+
+    /// Keeps only events up to `cutoff`.
+    pub fn until(self, cutoff: Option<Timestamp>) -> Self {
+        Self { cutoff, ..self }
     }
 
     /// Reads what is new and returns the ingest of every container.
@@ -332,7 +352,7 @@ impl ComposeReader {
                 .entry(container.clone())
                 .or_insert_with(|| ContainerLog {
                     name: short_name(&container, project).to_owned(),
-                    ingest: Ingest::new(),
+                    ingest: Ingest::until(self.cutoff),
                     read_until: None,
                 });
         }

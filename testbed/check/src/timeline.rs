@@ -72,13 +72,12 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
         .collect();
     entries.sort();
     for path in entries {
-        let text = std::fs::read(&path).map_err(|e| io(&path, e))?;
-        let text = String::from_utf8_lossy(&text);
+        let file = std::fs::File::open(&path).map_err(|e| io(&path, e))?;
         let mut me: Option<u32> = None;
         let mut dialed = 0;
-        for line in text.lines() {
+        crate::source::each_line(&path.display().to_string(), file, |line| {
             let Ok(parsed) = parse_line(line) else {
-                continue;
+                return;
             };
             let ts = parsed.envelope.ts;
             last_event = last_event.max(Some(ts));
@@ -96,7 +95,7 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
                     );
                 }
                 Event::RoutingTable { peers, .. } => {
-                    let Some(id) = me else { continue };
+                    let Some(id) = me else { return };
                     let table = peers.iter().map(|p| intern(&p.peer_id)).collect();
                     if let Some(h) = histories.get_mut(&id) {
                         h.snapshots.push((ts, table));
@@ -108,7 +107,7 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
                 } => dialed += 1,
                 _ => {}
             }
-        }
+        })?;
         if me.is_some() {
             outbound.push(dialed);
         }

@@ -31,6 +31,30 @@ pub struct CheckOptions {
     /// When the run's own shutdown began, if it is known (`testbed up` records it in run.json):
     /// nodes down before it departed, nodes down at or after it stopped with the run.
     pub shutdown_at: Option<Timestamp>,
+    /// Judge the network as it stood at this instant (`--at`), not at the end of the logs.
+    pub at: Option<At>,
+}
+
+/// An instant to judge (`--at`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum At {
+    /// A wall-clock time.
+    Time(Timestamp),
+    /// This long after the first node started (`+90s`).
+    AfterFirstStart(Duration),
+}
+
+/// `--at`: RFC 3339 (`2026-11-25T10:00:00Z`) or `+DURATION` after the first node's start.
+pub fn parse_at(s: &str) -> Result<At, String> {
+    let s = s.trim();
+    match s.strip_prefix('+') {
+        Some(d) => humantime::parse_duration(d.trim())
+            .map(At::AfterFirstStart)
+            .map_err(|e| format!("{s:?}: {e} (expected +DURATION such as +90s, or a time such as 2026-11-25T10:00:00Z)")),
+        None => Timestamp::parse_rfc3339(s)
+            .map(At::Time)
+            .map_err(|e| format!("{e}, or +DURATION after the first node started, such as +90s")),
+    }
 }
 
 impl Default for CheckOptions {
@@ -43,6 +67,7 @@ impl Default for CheckOptions {
             expect_nodes: None,
             shutdown_gap: Duration::from_secs(10),
             shutdown_at: None,
+            at: None,
         }
     }
 }
@@ -163,6 +188,23 @@ pub struct ClosestSummary {
     pub threshold: f64,
 }
 
+/// Routing-table entries of judged nodes that point at peers that are gone: departed nodes,
+/// and earlier identities of restarted nodes.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StaleSummary {
+    pub entries: usize,
+    /// Tables holding at least one.
+    pub tables: usize,
+    /// Distinct gone peers they point at.
+    pub peers: usize,
+    pub departed: usize,
+    pub former_identities: usize,
+    /// When the peer of the oldest such entry left.
+    pub oldest_since: Option<Timestamp>,
+    /// How long that entry had lingered by the latest snapshot judged.
+    pub lingered_ms: Option<u64>,
+}
+
 /// Where the verdict came from.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct InputSummary {
@@ -182,11 +224,14 @@ pub struct Report {
     pub departed: usize,
     /// Set when every node had stopped: the run is judged on its state before the shutdown.
     pub judged_before_shutdown: bool,
+    /// The instant judged, when `--at` asked for one: only events up to it were read.
+    pub at: Option<Timestamp>,
     pub nodes: Vec<NodeReport>,
     pub properties: Vec<PropertyResult>,
     pub closest: ClosestSummary,
-    /// Entries in live tables that point at departed nodes.
-    pub stale_entries: usize,
+    /// Entries in live tables that point at departed nodes or at earlier identities of
+    /// restarted ones.
+    pub stale: StaleSummary,
     pub warnings: Vec<String>,
     pub input: InputSummary,
 }
@@ -221,33 +266,82 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         .map(|(i, n)| (n.peer_id.as_deref().unwrap_or_default(), i))
         .collect();
 
+    // Earlier identities of restarted nodes, and when each went away.
+    let former: HashMap<&str, Timestamp> = nodes
+        .iter()
+        .flat_map(|n| n.former_ids.iter().map(|(id, t)| (id.as_str(), *t)))
+        .collect();
+
     // Who is in whose table.
     let mut seen_by = vec![0usize; nodes.len()];
     let mut live_in_table = vec![0usize; nodes.len()];
     let mut tables: Vec<HashSet<usize>> = vec![HashSet::new(); nodes.len()];
-    let mut stale_entries = 0;
+    let mut stale = StaleSummary::default();
+    let mut stale_tables = HashSet::new();
+    let mut stale_peers = HashSet::new();
     let mut unknown_entries = 0;
     for &i in &judged {
         let Some(table) = &nodes[i].table else {
             continue;
         };
         for entry in &table.peers {
-            match index_of.get(entry.peer_id.as_str()) {
-                Some(&j) if j == i => {}
+            let gone_since = match index_of.get(entry.peer_id.as_str()) {
+                Some(&j) if j == i => continue,
                 Some(&j) if states[j].judged() => {
                     if tables[i].insert(j) {
                         seen_by[j] += 1;
                         live_in_table[i] += 1;
                     }
+                    continue;
                 }
-                Some(_) => stale_entries += 1,
-                None => unknown_entries += 1,
+                Some(&j) => {
+                    stale.departed += 1;
+                    nodes[j].down_at()
+                }
+                None => match former.get(entry.peer_id.as_str()) {
+                    Some(&t) => {
+                        stale.former_identities += 1;
+                        Some(t)
+                    }
+                    None => {
+                        unknown_entries += 1;
+                        continue;
+                    }
+                },
+            };
+            stale.entries += 1;
+            stale_tables.insert(i);
+            stale_peers.insert(entry.peer_id.as_str());
+            if let Some(t) = gone_since {
+                stale.oldest_since = Some(stale.oldest_since.map_or(t, |o: Timestamp| o.min(t)));
             }
         }
     }
-    if stale_entries > 0 {
+    stale.tables = stale_tables.len();
+    stale.peers = stale_peers.len();
+    let latest_snapshot = judged
+        .iter()
+        .filter_map(|&i| nodes[i].table.as_ref().map(|t| t.ts))
+        .max();
+    stale.lingered_ms = stale
+        .oldest_since
+        .zip(latest_snapshot)
+        .map(|(since, latest)| latest.millis_since(since));
+    if stale.entries > 0 {
+        let lingered = stale
+            .lingered_ms
+            .map(|ms| {
+                format!(
+                    "; the oldest still held {:.1} s after its peer left (at the latest snapshot)",
+                    ms as f64 / 1000.0
+                )
+            })
+            .unwrap_or_default();
         warnings.push(format!(
-            "{stale_entries} routing-table entries point at departed nodes (stale, not an error)"
+            "stale: {} routing-table entries in {} live tables point at {} gone peers ({} \
+             entries at departed nodes, {} at earlier identities of restarted nodes){lingered}. \
+             Not an error: Kademlia drops an entry only when its bucket needs the room",
+            stale.entries, stale.tables, stale.peers, stale.departed, stale.former_identities
         ));
     }
     if unknown_entries > 0 {
@@ -258,10 +352,6 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
     }
 
     let closest = closest_coverage(&nodes, &judged, &tables, opts.closest_k, &mut warnings);
-    let latest_snapshot = judged
-        .iter()
-        .filter_map(|&i| nodes[i].table.as_ref().map(|t| t.ts))
-        .max();
     let ctx = Context {
         nodes: &nodes,
         judged: &judged,
@@ -321,6 +411,7 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         live: judged.len(),
         departed: nodes.len() - judged.len(),
         judged_before_shutdown,
+        at: None,
         nodes: node_reports,
         properties,
         closest: ClosestSummary {
@@ -331,7 +422,7 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
             mean_coverage: closest.mean,
             threshold: opts.closest_threshold,
         },
-        stale_entries,
+        stale,
         warnings,
         input,
     }

@@ -177,7 +177,7 @@ fn a_departed_node_is_not_required_and_its_entries_are_stale() {
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.says("10 nodes judged, 1 departed"), "{}", out.stdout);
     assert!(
-        out.says("routing-table entries point at departed nodes (stale, not an error)"),
+        out.says("entries at departed nodes, 0 at earlier identities of restarted nodes"),
         "{}",
         out.stdout
     );
@@ -224,7 +224,7 @@ fn a_restarted_node_counts_as_its_latest_incarnation() {
         "{line}"
     );
     assert!(
-        out.says("entries point at peers with no log here"),
+        out.says("0 entries at departed nodes, 10 at earlier identities of restarted nodes"),
         "the old incarnation's id: {}",
         out.stdout
     );
@@ -443,6 +443,15 @@ fn churn_near_the_end_is_a_departure_and_a_restart_and_passes() {
     };
     assert!(line("peer_3 ").ends_with("departed"), "{}", out.stdout);
     assert!(line("peer_5 ").contains("restarted 1x"), "{}", out.stdout);
+    // Both gone identities linger in the other five tables, and the report says for how long.
+    assert!(
+        out.says(
+            "stale: 10 routing-table entries in 5 live tables point at 2 gone peers (5 entries at \
+             departed nodes, 5 at earlier identities of restarted nodes); the oldest still held 4.1 s"
+        ),
+        "{}",
+        out.stdout
+    );
 }
 
 /// The same logs with the shutdown said to begin before peer_3 stopped: peer_3 is then judged
@@ -484,4 +493,46 @@ fn a_bad_shutdown_moment_is_a_usage_error_naming_the_flag() {
         "{}",
         out.stderr
     );
+}
+
+/// `--at` judges the churn run as it stood at three instants (peer_3 stopped at 17:17:38.789,
+/// peer_5's first incarnation at 39.904, its second started at 40.287).
+#[test]
+fn at_judges_the_network_as_it_stood_then() {
+    let run = fixture("churn-near-end");
+    // Before anything stopped: all seven live, healthy.
+    let out = check(&run, &["--at", "2026-11-28T17:17:38.500Z"]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.says("7 nodes judged, 0 departed"), "{}", out.stdout);
+    assert!(out.says("as of 2026-11-28T17:17:38.500Z (--at)"));
+    // Between the stop and the restart: peer_3 departed, peer_5's old identity still live.
+    let out = check(&run, &["--at", "2026-11-28T17:17:39.500Z"]);
+    assert!(out.says("6 nodes judged, 1 departed"), "{}", out.stdout);
+    let peer_5 = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("peer_5 "))
+        .unwrap_or_default();
+    assert!(!peer_5.contains("restarted"), "{peer_5}");
+    // At the first node's start nothing had a table yet: that fails, and says so.
+    let out = check(&run, &["--at", "+0s"]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(
+        out.says("FAIL  every live node's routing table holds a live peer"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+fn a_bad_at_is_a_usage_error_naming_the_flag() {
+    for bad in ["soon", "+ninety"] {
+        let out = check(&fixture("churn-near-end"), &["--at", bad]);
+        assert_eq!(out.code, Some(2), "{out:?}");
+        assert!(
+            out.stderr.contains("--at") && out.stderr.contains(bad.trim_start_matches('+')),
+            "{}",
+            out.stderr
+        );
+    }
 }
