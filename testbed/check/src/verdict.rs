@@ -128,7 +128,7 @@ pub enum Status {
 
 /// The properties the checker judges. Written as snake_case (`node_count`, `seen`, …) in the
 /// JSON and JUnit reports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PropertyId {
     /// `--expect-nodes N`: exactly N nodes are live.

@@ -15,7 +15,7 @@ use testbed_check::{CheckOptions, Source, read_and_check};
 
 use crate::compose::Compose;
 use crate::run::{self, RunOutcome, RunSpec};
-use crate::{ImageArgs, build_image, engine, host, names, parse_duration, root};
+use crate::{ImageArgs, build_image, commit, engine, host, names, parse_duration, root};
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
@@ -187,6 +187,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             },
             env: Vec::new(),
             settle: Some(args.settle),
+            kind: "bench",
         };
         let outcome = run::execute(&spec, &docker).await;
         let mut row = measure(&outcome, peers).await;
@@ -317,25 +318,6 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
 
 fn median(sorted: &[f64]) -> Option<f64> {
     (!sorted.is_empty()).then(|| sorted[sorted.len() / 2])
-}
-
-fn commit(root: &Path) -> String {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .current_dir(root)
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    };
-    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    // The benchmark's own output does not make the code it measured dirty.
-    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| {
-        s.lines()
-            .any(|l| !l.ends_with("BENCHMARKS.md") && !l.ends_with("BENCHMARKS.json"))
-    });
-    if dirty { format!("{head}-dirty") } else { head }
 }
 
 async fn machine(docker: &bollard::Docker, compose: &Compose) -> Machine {

@@ -11,6 +11,7 @@
 //! * `host.rs`: host limits (the neighbour table) checked, and raised where allowed.
 //! * `bench.rs`: runs at several sizes and writes BENCHMARKS.md.
 //! * `flaky.rs`: runs any command K times: pass rate with a confidence interval, timings.
+//! * `history.rs`: `runs/history.jsonl`, one line per run; `up --repeat` and `history` summaries.
 //!
 //! This is the only code that drives Docker: the node never reads logs, the checker never starts
 //! containers.
@@ -19,11 +20,12 @@ mod bench;
 mod compose;
 mod engine;
 mod flaky;
+mod history;
 mod host;
 mod image;
 mod run;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -62,6 +64,9 @@ enum Cmd {
     /// Run a command K times (the flake check): pass rate with a 95 % Wilson interval, run
     /// times, and numbers it prints; logs in runs/<name>/. Exit 0 if every run passed, 1 if not.
     Flaky(flaky::FlakyArgs),
+    /// Summarise runs/history.jsonl (one line per `up` or `bench` run): pass rate with a 95 %
+    /// Wilson interval and check times per kind and size, across commits; flags the flaky ones.
+    History,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -118,6 +123,11 @@ struct UpArgs {
     #[arg(long)]
     ignore_host_limits: bool,
 
+    /// Run K independent runs (each its own project, folder and teardown) and summarise them:
+    /// pass rate with a 95 % Wilson interval, p50/p95 timings, the properties that failed.
+    #[arg(long, value_name = "K", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    repeat: u32,
+
     #[command(flatten)]
     image: ImageArgs,
 }
@@ -142,6 +152,7 @@ fn main() -> ExitCode {
             Cmd::Image(args) => build_image(&args).map(|()| 0),
             Cmd::Bench(args) => bench::run(args).await,
             Cmd::Flaky(args) => flaky::run(&args, &root()),
+            Cmd::History => show_history(),
         }
     });
     match result {
@@ -210,34 +221,91 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     let docker = testbed_check::source::connect_docker().await?;
     let compose = Compose::detect()?;
     build_image(&args.image)?;
-    let (name, generated) = names(args.name, "up", args.peers);
-    let project = match args.project {
-        Some(p) => testbed_check::source::normalize_project_name(&p),
-        None => generated,
+    let root = root();
+    let commit = commit(&root);
+    let mut entries = Vec::new();
+    let mut worst = 0;
+    for i in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("\ntestbed: run {i} of {}", args.repeat);
+        }
+        let name = match (&args.name, args.repeat) {
+            (Some(n), 1) => Some(n.clone()),
+            (Some(n), _) => Some(format!("{n}-{i}")),
+            (None, _) => None,
+        };
+        let (name, generated) = names(name, "up", args.peers);
+        let project = match (&args.project, args.repeat) {
+            (Some(p), 1) => testbed_check::source::normalize_project_name(p),
+            (Some(p), _) => testbed_check::source::normalize_project_name(&format!("{p}-{i}")),
+            (None, _) => generated,
+        };
+        let spec = run::RunSpec {
+            name,
+            project,
+            peers: args.peers,
+            root: root.clone(),
+            overlays: overlays.clone(),
+            image: args.image.image.clone(),
+            compose: compose.clone(),
+            keep: args.keep,
+            wait: args.wait.unwrap_or(default_wait(args.peers)),
+            up_timeout: args.up_timeout.unwrap_or(default_up_timeout(args.peers)),
+            waves: run::Waves::ALL_AT_ONCE,
+            check: CheckOptions {
+                full_mesh: args.full_mesh,
+                closest_threshold: args.closest_threshold,
+                expect_nodes: Some(nodes),
+                ..CheckOptions::default()
+            },
+            env: Vec::new(),
+            settle: None,
+            kind: "up",
+        };
+        let outcome = run::execute(&spec, &docker).await;
+        worst = worst.max(outcome.exit_code());
+        entries.push(history::Entry::of(&outcome, "up", &commit));
+    }
+    if args.repeat > 1 {
+        let refs: Vec<&history::Entry> = entries.iter().collect();
+        println!(
+            "\n{} runs of bootstrap + {} peers at {commit}:\n{}",
+            args.repeat,
+            args.peers,
+            history::summarize(&refs)
+        );
+    }
+    Ok(worst)
+}
+
+fn show_history() -> anyhow::Result<u8> {
+    let (entries, bad) = history::read(&root())?;
+    print!("{}", history::report(&entries));
+    if bad > 0 {
+        eprintln!("testbed: {bad} lines of runs/history.jsonl did not parse and were skipped");
+    }
+    Ok(0)
+}
+
+/// The commit checked out in `root`, `-dirty` when tracked files changed (the benchmark's own
+/// output aside).
+pub fn commit(root: &Path) -> String {
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .current_dir(root)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
     };
-    let spec = run::RunSpec {
-        name,
-        project,
-        peers: args.peers,
-        root: root(),
-        overlays,
-        image: args.image.image,
-        compose,
-        keep: args.keep,
-        wait: args.wait.unwrap_or(default_wait(args.peers)),
-        up_timeout: args.up_timeout.unwrap_or(default_up_timeout(args.peers)),
-        waves: run::Waves::ALL_AT_ONCE,
-        check: CheckOptions {
-            full_mesh: args.full_mesh,
-            closest_threshold: args.closest_threshold,
-            expect_nodes: Some(nodes),
-            ..CheckOptions::default()
-        },
-        env: Vec::new(),
-        settle: None,
-    };
-    let outcome = run::execute(&spec, &docker).await;
-    Ok(outcome.exit_code())
+    let head = git(&["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    // The benchmark's own output does not make the code it measured dirty.
+    let dirty = git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| {
+        s.lines()
+            .any(|l| !l.ends_with("BENCHMARKS.md") && !l.ends_with("BENCHMARKS.json"))
+    });
+    if dirty { format!("{head}-dirty") } else { head }
 }
 
 async fn down(project: &str) -> anyhow::Result<u8> {

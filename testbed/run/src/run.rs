@@ -13,6 +13,7 @@ use testbed_check::{CheckOptions, Reader, Report, Source, report};
 
 use crate::compose::Compose;
 use crate::engine::{self, NodeResources, Teardown};
+use crate::history;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -39,6 +40,8 @@ pub struct RunSpec {
     /// Benchmarks: once the check is done, let the network idle this long and sample per-node
     /// memory and CPU at both ends.
     pub settle: Option<Duration>,
+    /// What started the run (`up`, `bench`), for runs/history.jsonl.
+    pub kind: &'static str,
 }
 
 /// Peers started in `count` waves, `gap` apart (1: all at once).
@@ -427,6 +430,10 @@ fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
     }
     if let Ok(json) = serde_json::to_string_pretty(outcome) {
         let _ = std::fs::write(run_dir.join("run.json"), json);
+    }
+    let entry = history::Entry::of(outcome, spec.kind, &crate::commit(&spec.root));
+    if let Err(e) = history::append(&spec.root, &entry) {
+        eprintln!("testbed: {e:#}");
     }
 }
 

@@ -25,6 +25,10 @@ fn bad_flags_exit_2_naming_the_flag_and_the_value() {
         ),
         (&["up", "--wait", "soon"][..], "--wait", "soon"),
         (&["bench", "--peers", "10,0"][..], "--peers", "0"),
+        (&["up", "--repeat", "0"][..], "--repeat", "0"),
+        (&["bench", "--waves", "0"][..], "--waves", "0"),
+        (&["bench", "--wave-gap", "later"][..], "--wave-gap", "later"),
+        (&["flaky", "--runs", "0", "--", "true"][..], "--runs", "0"),
     ] {
         let (code, stderr) = testbed(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
