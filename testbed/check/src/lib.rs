@@ -29,6 +29,7 @@
 //! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be
 //! read (no daemon, no such project, no events at all, bad flags).
 
+pub mod html;
 pub mod ingest;
 pub mod report;
 pub mod source;

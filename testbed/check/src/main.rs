@@ -83,6 +83,15 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     junit: Option<PathBuf>,
 
+    /// Also write the report as one self-contained HTML page (charts inline, nothing fetched)
+    /// to this file. With saved logs it charts convergence over time too.
+    #[arg(long, value_name = "FILE")]
+    html: Option<PathBuf>,
+
+    /// Also write the verdict as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+
     /// Show every node in the table, not only those with a problem (above 40 nodes).
     #[arg(long)]
     all: bool,
@@ -137,6 +146,64 @@ fn main() -> ExitCode {
         if let Err(e) = written {
             eprintln!(
                 "testbed-check: error: cannot write --junit {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(path) = &cli.markdown {
+        let text = report::markdown(&report, &source.to_string());
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if let Err(e) = written {
+            eprintln!(
+                "testbed-check: error: cannot write --markdown {}: {e}",
+                path.display()
+            );
+            return ExitCode::from(2);
+        }
+    }
+    if let Some(path) = &cli.html {
+        let title = source.to_string();
+        let page = match &cli.logs {
+            Some(logs) if logs.as_os_str() != "-" => {
+                let logs_dir = if logs.join("logs").is_dir() {
+                    logs.join("logs")
+                } else {
+                    logs.clone()
+                };
+                // Links relative to the page when it sits in the run folder, else absolute.
+                let here = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+                let link = match (here, std::fs::canonicalize(&logs_dir).ok()) {
+                    (Some(h), Some(l)) => l
+                        .strip_prefix(&h)
+                        .map(|r| format!("{}/", r.display()))
+                        .unwrap_or_else(|_| format!("{}/", l.display())),
+                    _ => format!("{}/", logs_dir.display()),
+                };
+                let page = testbed_check::html::Page {
+                    title: &title,
+                    source: &title,
+                    log_dir: Some(&link),
+                };
+                testbed_check::html::render_saved(&report, logs, &opts, &page)
+            }
+            _ => testbed_check::html::render(
+                &report,
+                None,
+                &testbed_check::html::Page {
+                    title: &title,
+                    source: &title,
+                    log_dir: None,
+                },
+            ),
+        };
+        if let Err(e) = std::fs::write(path, page) {
+            eprintln!(
+                "testbed-check: error: cannot write --html {}: {e}",
                 path.display()
             );
             return ExitCode::from(2);

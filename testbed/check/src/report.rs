@@ -168,3 +168,47 @@ pub fn junit(report: &Report, source: &str) -> Result<String, quick_junit::Seria
     junit.add_test_suite(suite);
     junit.to_string()
 }
+
+/// The verdict as Markdown, for a CI job summary (`$GITHUB_STEP_SUMMARY`): the headline, each
+/// property with its result, and the k-closest health.
+pub fn markdown(report: &Report, title: &str) -> String {
+    let (held, checked) = report.tally();
+    let mut out = format!(
+        "### {} {title}: {held} / {checked} properties hold over {} nodes ({} departed)\n\n\
+         | | property | held |\n|---|---|---:|\n",
+        if report.passed {
+            "✅ PASS"
+        } else {
+            "❌ FAIL"
+        },
+        report.live,
+        report.departed
+    );
+    for p in &report.properties {
+        let word = match p.status {
+            Status::Pass => "PASS",
+            Status::Fail => "**FAIL**",
+            Status::Skipped => "skip",
+        };
+        let why = p
+            .failures
+            .first()
+            .map(|f| format!(" — {}", f.replace('|', "\\|")))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "| {word} | {}{why} | {} / {} |\n",
+            p.title.replace('|', "\\|"),
+            p.holds,
+            p.of
+        ));
+    }
+    let c = &report.closest;
+    out.push_str(&format!(
+        "\nk-closest health: {} of {} nodes ({:.1} %) hold all of their {} closest live peers.\n",
+        c.complete,
+        c.of,
+        c.share * 100.0,
+        c.k
+    ));
+    out
+}

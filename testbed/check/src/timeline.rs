@@ -33,7 +33,25 @@ pub struct Convergence {
     /// Connections each node dialed over the whole run (sorted): what the node costs the
     /// network.
     pub outbound_connections: Vec<u32>,
+    /// The network over time, after each snapshot (thinned to at most [`MAX_POINTS`]).
+    pub series: Vec<Point>,
 }
+
+/// The network at one moment of the replay.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Point {
+    /// Milliseconds since the first node started.
+    pub ms: u64,
+    /// Nodes in at least one other node's table.
+    pub seen: usize,
+    /// Nodes whose table holds at least one other node.
+    pub tables: usize,
+    /// Share of nodes holding all of their k closest.
+    pub closest: f64,
+}
+
+/// Enough points for a chart; a 1000-node run has tens of thousands of snapshots.
+pub const MAX_POINTS: usize = 600;
 
 impl Convergence {
     /// First moment every node held all of its k closest peers, if that happened.
@@ -168,6 +186,9 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
     let mut tables: HashMap<u32, HashSet<u32>> = HashMap::new();
     let mut seen_by: HashMap<u32, usize> = HashMap::new();
     let mut complete: HashSet<u32> = HashSet::new();
+    let mut non_empty = 0usize;
+    let first_start = result.first_start.unwrap_or(last_start);
+    let mut series = Vec::new();
     for (ts, id, index) in events {
         let new: HashSet<u32> = histories[&id].snapshots[index]
             .1
@@ -195,9 +216,16 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
         } else {
             complete.remove(&id);
         }
+        non_empty = non_empty + usize::from(!new.is_empty()) - usize::from(!old.is_empty());
         tables.insert(id, new);
 
         let at = since_start(ts);
+        series.push(Point {
+            ms: ts.millis_since(first_start),
+            seen: seen_by.len(),
+            tables: non_empty,
+            closest: complete.len() as f64 / n.max(1) as f64,
+        });
         if result.all_seen_ms.is_none() && seen_by.len() == n && n > 1 {
             result.all_seen_ms = Some(at);
         }
@@ -210,7 +238,28 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
             result.closest_ms = Some(at);
         }
     }
+    result.series = thin(series, MAX_POINTS);
     result
+}
+
+/// At most about `max` points, evenly spread over time; for each stretch the last point (the
+/// state at its end), and always the final one.
+fn thin(series: Vec<Point>, max: usize) -> Vec<Point> {
+    let Some(last) = series.last().copied() else {
+        return series;
+    };
+    if series.len() <= max {
+        return series;
+    }
+    let step = (last.ms / max as u64).max(1);
+    let mut out: Vec<Point> = Vec::with_capacity(max + 1);
+    for p in series {
+        match out.last_mut() {
+            Some(prev) if prev.ms / step == p.ms / step => *prev = p,
+            _ => out.push(p),
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -188,6 +188,48 @@ pub struct ClosestSummary {
     pub threshold: f64,
 }
 
+/// How full one k-bucket is across the judged nodes, against what Kademlia predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct BucketFill {
+    /// 255 holds the farthest half of the key space, 254 the next quarter, …
+    pub bucket: u32,
+    /// Mean entries per judged node.
+    pub mean: f64,
+    /// `min(k, (N - 1) · 2^-(256 - bucket))`: the peers that fall in it at random, capped at k
+    /// (ProbeLab RFM19).
+    pub expected: f64,
+}
+
+/// Bucket fill over the judged nodes' latest tables, from the farthest bucket down to the
+/// nearest one that anyone holds or should hold (expected ≥ 0.5).
+fn bucket_fill(nodes: &[&NodeLog], judged: &[usize], k: usize) -> Vec<BucketFill> {
+    let mut totals = [0u64; 256];
+    for &i in judged {
+        for entry in nodes[i].table.iter().flat_map(|t| &t.peers) {
+            if let Some(slot) = totals.get_mut(entry.bucket as usize) {
+                *slot += 1;
+            }
+        }
+    }
+    let n = judged.len();
+    let others = n.saturating_sub(1) as f64;
+    let all: Vec<BucketFill> = (0..=255u32)
+        .rev()
+        .map(|bucket| BucketFill {
+            bucket,
+            mean: totals[bucket as usize] as f64 / n.max(1) as f64,
+            expected: (others * 0.5f64.powi(256 - bucket as i32)).min(k as f64),
+        })
+        .collect();
+    let nearest = all
+        .iter()
+        .filter(|b| b.mean > 0.0 || b.expected >= 0.5)
+        .map(|b| b.bucket)
+        .min()
+        .unwrap_or(255);
+    all.into_iter().filter(|b| b.bucket >= nearest).collect()
+}
+
 /// Routing-table entries of judged nodes that point at peers that are gone: departed nodes,
 /// and earlier identities of restarted nodes.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -232,6 +274,8 @@ pub struct Report {
     /// Entries in live tables that point at departed nodes or at earlier identities of
     /// restarted ones.
     pub stale: StaleSummary,
+    /// k-bucket fill against Kademlia's expectation.
+    pub buckets: Vec<BucketFill>,
     pub warnings: Vec<String>,
     pub input: InputSummary,
 }
@@ -423,6 +467,7 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
             threshold: opts.closest_threshold,
         },
         stale,
+        buckets: bucket_fill(&nodes, &judged, opts.closest_k),
         warnings,
         input,
     }

@@ -424,6 +424,26 @@ fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
         if let Ok(xml) = report::junit(report, &source) {
             let _ = std::fs::write(run_dir.join("junit.xml"), xml);
         }
+        let _ = std::fs::write(
+            run_dir.join("summary.md"),
+            report::markdown(
+                report,
+                &format!("{} (bootstrap + {} peers)", outcome.name, spec.peers),
+            ),
+        );
+        let page = testbed_check::html::Page {
+            title: &outcome.name,
+            source: &source,
+            log_dir: Some("logs/"),
+        };
+        let html = testbed_check::html::render_saved(report, run_dir, &spec.check, &page);
+        match std::fs::write(run_dir.join("report.html"), html) {
+            Ok(()) => say(&format!(
+                "report page: {}",
+                relative(&run_dir.join("report.html"), &spec.root)
+            )),
+            Err(e) => eprintln!("testbed: cannot write report.html: {e}"),
+        }
     }
     if let Some(e) = &outcome.error {
         eprintln!("error: {e}");
