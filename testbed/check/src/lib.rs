@@ -59,7 +59,17 @@ impl Reader {
 
     /// Reads what is there now and judges it (as of `opts.at`, if given).
     pub async fn check(&mut self, opts: &CheckOptions) -> Result<Report, SourceError> {
-        let cutoff = match opts.at {
+        // A run folder saved by `testbed up` is judged as of the moment its live check ended,
+        // unless --at says otherwise.
+        let recorded = match &self.source {
+            Source::Files(path) => source::recorded_run(path),
+            Source::Compose(_) => None,
+        };
+        let at = opts.at.or(recorded
+            .as_ref()
+            .and_then(|r| r.checked_at)
+            .map(verdict::At::Time));
+        let cutoff = match at {
             None => None,
             Some(verdict::At::Time(t)) => Some(t),
             Some(verdict::At::AfterFirstStart(d)) => {
@@ -85,7 +95,7 @@ impl Reader {
                 files = ingest;
                 // A run folder saved by `testbed up` knows when its shutdown began (no need to
                 // guess it) and how many nodes it started.
-                if let Some(run) = source::recorded_run(path) {
+                if let Some(run) = recorded {
                     opts.shutdown_at = opts.shutdown_at.or(run.shutdown_began);
                     opts.expect_nodes = opts.expect_nodes.or(run.peers.map(|p| p + 1));
                 }

@@ -18,7 +18,7 @@ pub fn human(report: &Report, source: &str, all: bool) -> String {
         report.live, report.departed
     );
     if let Some(at) = report.at {
-        let _ = writeln!(out, "as of {at} (--at): events after it left out");
+        let _ = writeln!(out, "as of {at}: events after it left out");
     }
     if report.judged_before_shutdown {
         let _ = writeln!(

@@ -81,6 +81,8 @@ pub struct RecordedRun {
     pub shutdown_began: Option<Timestamp>,
     /// Peers besides the bootstrap node.
     pub peers: Option<usize>,
+    /// When the live check ended: the instant the run's verdict judged.
+    pub checked_at: Option<Timestamp>,
 }
 
 /// The `run.json` of a run folder, if `path` is one (or its `logs/`) and it parses.
@@ -523,6 +525,7 @@ mod tests {
         let want = Some(RecordedRun {
             shutdown_began: Timestamp::parse_rfc3339("2026-11-25T10:00:05.250Z").ok(),
             peers: Some(10),
+            checked_at: None,
         });
         // From the run folder and from its logs/ alike.
         assert_eq!(recorded_run(run.path()), want);

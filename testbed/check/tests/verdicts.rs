@@ -504,7 +504,7 @@ fn at_judges_the_network_as_it_stood_then() {
     let out = check(&run, &["--at", "2026-11-28T17:17:38.500Z"]);
     assert_eq!(out.code, Some(0), "{out:?}");
     assert!(out.says("7 nodes judged, 0 departed"), "{}", out.stdout);
-    assert!(out.says("as of 2026-11-28T17:17:38.500Z (--at)"));
+    assert!(out.says("as of 2026-11-28T17:17:38.500Z: events after it left out"));
     // Between the stop and the restart: peer_3 departed, peer_5's old identity still live.
     let out = check(&run, &["--at", "2026-11-28T17:17:39.500Z"]);
     assert!(out.says("6 nodes judged, 1 departed"), "{}", out.stdout);

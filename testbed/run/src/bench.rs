@@ -47,7 +47,7 @@ pub struct BenchArgs {
 /// One size's numbers. Rows of earlier benchmark commands are kept in BENCHMARKS.json (a
 /// burst run and a run in waves are separate commands), each with its own commit and date;
 /// fields added later read as empty from older rows.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Row {
     pub commit: String,
@@ -207,11 +207,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             machine: machine(&docker, &compose).await,
             image_bytes,
             settle_s: args.settle.as_secs(),
-            rows: with_earlier_rows(&root, std::mem::take(&mut rows)),
+            rows: with_earlier_rows(&root, rows.clone()),
         };
         // Written after every size, so a long benchmark that dies late still leaves its numbers.
         write(&root, &bench)?;
-        rows = bench.rows;
     }
     let all_passed = rows.iter().all(|r| r.passed);
     Ok(if all_passed { 0 } else { 1 })

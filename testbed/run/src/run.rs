@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use bollard::Docker;
 use serde::Serialize;
-use testbed_check::verdict::PropertyId;
+use testbed_check::verdict::{At, PropertyId};
 use testbed_check::{CheckOptions, Reader, Report, Source, report};
 
 use crate::compose::Compose;
@@ -89,6 +89,9 @@ pub struct RunOutcome {
     /// When this run began stopping its nodes: the checker judges nodes that went down before it
     /// as departed, the rest as stopped with the run (`testbed-check --logs runs/<name>` reads it).
     pub shutdown_began: Option<testbed_events::Timestamp>,
+    /// When the live check ended (passed, or its deadline ran out): the instant the verdict
+    /// judges, also from the saved logs, so idling afterwards (benchmarks) changes nothing.
+    pub checked_at: Option<testbed_events::Timestamp>,
     /// What went wrong after the check: logs not saved, containers or networks not removed.
     pub cleanup_errors: Vec<String>,
     #[serde(skip)]
@@ -130,6 +133,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         load_average: None,
         teardown: None,
         shutdown_began: None,
+        checked_at: None,
         cleanup_errors: Vec::new(),
         report: None,
         run_dir: run_dir.clone(),
@@ -210,15 +214,16 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
     outcome
 }
 
-/// The verdict printed and saved is the checker's on the saved logs, with the recorded shutdown
-/// moment: what `testbed-check --logs runs/<name>` says about the same folder. The live verdict
-/// only decided when to stop waiting.
+/// The verdict printed and saved is the checker's on the saved logs, as of the moment the live
+/// check ended and with the recorded shutdown moment: what `testbed-check --logs runs/<name>`
+/// says about the same folder (it reads both from run.json).
 async fn rejudge_saved_logs(outcome: &mut RunOutcome, run_dir: &Path, spec: &RunSpec) {
     if outcome.report.is_none() || outcome.log_bytes == 0 {
         return;
     }
     let opts = CheckOptions {
         shutdown_at: outcome.shutdown_began,
+        at: outcome.checked_at.map(At::Time),
         ..spec.check.clone()
     };
     match testbed_check::read_and_check(&Source::Files(run_dir.join("logs")), &opts).await {
@@ -365,6 +370,7 @@ async fn bring_up_and_check(
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     outcome.check_seconds = Some(checking.elapsed().as_secs_f64());
+    outcome.checked_at = Some(testbed_events::Timestamp::now());
     outcome.load_average = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next()?.parse().ok());
