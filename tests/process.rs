@@ -140,7 +140,11 @@ fn sigterm_writes_the_final_snapshot_and_exits_zero_quickly() {
     let (code, events) = joiner.wait_exit(Duration::from_secs(5));
     let took = sent.elapsed();
     assert_eq!(code, Some(0));
-    assert!(took < Duration::from_secs(1), "stopped in {took:?}");
+    // The property: a stopped node exits well inside Docker's stop grace period (10 s in
+    // docker-compose.yml), after which its final table would be lost to SIGKILL. It takes
+    // milliseconds when idle; the 3 s margin is for a loaded 2-core CI machine, where the
+    // process may wait for a core before it even sees the signal.
+    assert!(took < Duration::from_secs(3), "stopped in {took:?}");
     let n = events.len();
     assert!(n >= 2);
     match (&events[n - 2].event, &events[n - 1].event) {

@@ -95,7 +95,12 @@ pub fn render(report: &Report, convergence: Option<&Convergence>, page: &Page) -
             }
             out.push_str("</ul>");
         }
-        let _ = writeln!(out, "</td><td>{} / {}</td></tr>", p.holds, p.of);
+        let held = if p.status == Status::Skipped {
+            "–".to_owned()
+        } else {
+            format!("{} / {}", p.holds, p.of)
+        };
+        let _ = writeln!(out, "</td><td>{held}</td></tr>");
     }
     out.push_str("</table>\n");
     let c = &report.closest;

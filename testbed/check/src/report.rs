@@ -195,11 +195,14 @@ pub fn markdown(report: &Report, title: &str) -> String {
             .first()
             .map(|f| format!(" — {}", f.replace('|', "\\|")))
             .unwrap_or_default();
+        let held = if p.status == Status::Skipped {
+            "–".to_owned()
+        } else {
+            format!("{} / {}", p.holds, p.of)
+        };
         out.push_str(&format!(
-            "| {word} | {}{why} | {} / {} |\n",
+            "| {word} | {}{why} | {held} |\n",
             p.title.replace('|', "\\|"),
-            p.holds,
-            p.of
         ));
     }
     let c = &report.closest;
