@@ -1,6 +1,23 @@
 //! The one event loop: owns the Swarm, turns each swarm event into at most one schema event, and
 //! runs the node's timers (bootstrap dial retries, random walks, periodic bootstraps, routing-table
 //! snapshots).
+//!
+//! # Layout
+//!
+//! The loop and the mapping of swarm events to schema events live here; each of its jobs has a
+//! room of its own:
+//!
+//! * `dialing.rs`: dialing the `--bootstrap` addresses, with backoff, until one answers.
+//! * `maintenance.rs`: the join (Kademlia bootstrap: self lookup, bucket refreshes), the settling
+//!   self lookup, walks, and cancelling libp2p-kad's own bootstraps.
+//! * `admission.rs`: who may enter a k-bucket — the node's most unusual rule, as a pure function
+//!   with its unit tests.
+//! * `snapshots.rs`: routing-table snapshots and the health file.
+
+mod admission;
+mod dialing;
+mod maintenance;
+mod snapshots;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -13,88 +30,19 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::core::ConnectedPoint;
-use libp2p::kad::{self, KBucketKey, QueryId, QueryResult};
-use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::kad::{self, QueryId};
 use libp2p::swarm::{ConnectionId, DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify};
-use rand::Rng;
-use testbed_events::{
-    BootstrapTrigger, Direction, Event, Role, SnapshotReason, TableEntry, Timestamp, WalkTarget,
-};
+use testbed_events::{BootstrapTrigger, Direction, Event, Role, SnapshotReason, WalkTarget};
 use tokio::time::{Instant, Sleep};
 
 use crate::addrs::dialable_from;
 use crate::behaviour::{Behaviour, BehaviourEvent, KAD_PROTOCOL};
 use crate::emit::Emitter;
-use crate::health::{self, HealthState};
 
-/// First wait before redialing an unanswered bootstrap address; doubles per attempt.
-const DIAL_BACKOFF_START: Duration = Duration::from_millis(250);
-
-/// First wait before a walk; doubles per walk up to `--walk-interval`. Joining is when the
-/// network around a node changes most, so walks are frequent then and rare once it settled.
-const WALK_START: Duration = Duration::from_secs(60);
-
-/// When a joiner looks up its own key a second time, after its initial bootstrap. Nodes that
-/// joined at the same moment cannot find each other in their first lookups (neither is in any
-/// table yet); a few seconds later both are, and this lookup finds and informs them.
-const SETTLE_WALK: Duration = Duration::from_secs(8);
-
-/// Peers a random walk asks for. Discovery needs a few; asking for k = 20 would contact twice
-/// as many nodes for little more.
-const RANDOM_WALK_PEERS: usize = 8;
-
-/// A `--bootstrap` address and how dialing it goes.
-#[derive(Debug)]
-struct BootstrapTarget {
-    addr: Multiaddr,
-    peer: Option<PeerId>,
-    attempts: u32,
-    /// The dial in flight, if any.
-    pending: Option<ConnectionId>,
-    next_dial: Option<Instant>,
-    reached: bool,
-}
-
-/// A query this loop started, to report when it finishes.
-#[derive(Debug)]
-enum Query {
-    /// A step of the running [`Bootstrapping`].
-    BootstrapStep,
-    Walk {
-        target: WalkTarget,
-        started: Instant,
-    },
-}
-
-/// A Kademlia bootstrap in progress: the self lookup, then one short lookup per bucket farther
-/// than the closest neighbour, one after the other.
-#[derive(Debug)]
-struct Bootstrapping {
-    trigger: BootstrapTrigger,
-    started: Instant,
-    error: Option<String>,
-    /// Buckets still to refresh; `None` until the self lookup finished.
-    buckets: Option<Vec<u32>>,
-}
-
-/// Peers a refresh of a *full* bucket asks for. libp2p's bootstrap asks for k = 20 per bucket,
-/// ~25 connections each; a full bucket's part of the key space holds more than k nodes, and the
-/// refresh only needs to meet some of them. Measured at N = 300: ~63 outbound dials per node over
-/// a whole run, from ~700 with k-peer refreshes.
-///
-/// A bucket that is not full is refreshed with a k-peer lookup. Its part of the key space may hold
-/// fewer than k nodes, and then a k-peer lookup of any key in it reaches every one of them (each
-/// is closer to that key than any node outside). Those are the nodes that can want this one among
-/// their 20 closest while being far down its own list, where its self lookup does not reach:
-/// without this, such a node learned of the newcomer only on its own next walk.
-///
-/// Buckets nearer than the k-th closest peer are not refreshed at all: the self lookup already met
-/// every node in them. So a join costs one or two k-peer refreshes (the buckets around the k-th
-/// closest) at any N. Refreshing every sparse bucket with k peers instead was measured at N = 300
-/// in containers: 200 outbound dials per node (median), joins of 60 s (median) on a host loaded to
-/// 270, and the check missed its deadline.
-const REFRESH_PEERS: usize = 3;
+pub use dialing::peer_id_of;
+use dialing::{BootstrapTarget, DIAL_BACKOFF_START};
+use maintenance::{Bootstrapping, Query, RANDOM_WALK_PEERS, WALK_START, jittered};
 
 /// Timing knobs of the loop, from the command line.
 #[derive(Debug, Clone)]
@@ -296,168 +244,6 @@ impl<W: Write> EventLoop<W> {
             self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
             self.start_bootstrap(BootstrapTrigger::Periodic);
         }
-    }
-
-    fn schedule_periodic_work(&mut self, now: Instant) {
-        self.walk_wait = WALK_START.min(self.timers.walk_interval);
-        self.next_walk = jittered(now, self.walk_wait);
-        self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
-    }
-
-    /// libp2p-kad bootstraps on its own whenever a peer joins a table of fewer than 20 peers, and
-    /// it cannot be switched off. For a joiner that meant a second full bootstrap right after its
-    /// initial one: measured at N = 300, 213 of them, each ~100 connections and up to 100 s on a
-    /// loaded host. This node runs its own bootstraps ([`EventLoop::start_bootstrap`]), so
-    /// libp2p's are finished as soon as they appear.
-    fn cancel_automatic_bootstraps(&mut self) {
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        for mut query in kad.iter_queries_mut() {
-            let id = query.id();
-            // A bootstrap runs as a series of steps under one id (self lookup, then one lookup
-            // per bucket): finish each step as it starts.
-            if matches!(query.info(), kad::QueryInfo::Bootstrap { .. }) {
-                self.cancelled.insert(id);
-                query.finish();
-            }
-        }
-    }
-
-    /// Starts a Kademlia bootstrap as the Kademlia paper describes a join: look up the node's own
-    /// key, then refresh every bucket farther than the closest neighbour with a lookup of a random
-    /// key in it. Full buckets are refreshed with [`REFRESH_PEERS`] peers, the others with k.
-    fn start_bootstrap(&mut self, trigger: BootstrapTrigger) {
-        // Nothing to bootstrap from yet, or one running: the next round will do.
-        if self.bootstrapping.is_some() || self.table_size() == 0 {
-            return;
-        }
-        let id = self.lookup_own_key();
-        self.queries.insert(id, Query::BootstrapStep);
-        self.bootstrapping = Some(Bootstrapping {
-            trigger,
-            started: Instant::now(),
-            error: None,
-            buckets: None,
-        });
-    }
-
-    /// Looks up the node's own key (its k closest): every peer the lookup reaches learns of this
-    /// node, and this node of them.
-    fn lookup_own_key(&mut self) -> QueryId {
-        let own = *self.swarm.local_peer_id();
-        self.swarm.behaviour_mut().kad.get_closest_peers(own)
-    }
-
-    /// A bootstrap step finished: start the next one, or report the bootstrap.
-    fn bootstrap_step_done(&mut self, error: Option<String>) {
-        let local = KBucketKey::from(*self.swarm.local_peer_id());
-        let Some(run) = &mut self.bootstrapping else {
-            return;
-        };
-        if let Some(e) = error {
-            run.error.get_or_insert(e);
-        }
-        if run.buckets.is_none() {
-            let kad = &mut self.swarm.behaviour_mut().kad;
-            let closest = kad.kbuckets().filter_map(|b| b.range().0.ilog2()).min();
-            // Buckets nearer than the k-th closest peer lie wholly inside the self lookup's
-            // reach: every node in them is among the k closest, and the lookup met them. Only
-            // the buckets from the k-th closest outwards need refreshing.
-            let mut distances: Vec<_> = kad
-                .kbuckets()
-                .flat_map(|b| {
-                    b.iter()
-                        .map(|e| local.distance(e.node.key))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
-            distances.sort_unstable();
-            let reach = distances
-                .get(kad::K_VALUE.get() - 1)
-                .and_then(|d| d.ilog2())
-                .unwrap_or(0);
-            run.buckets = Some(closest.map_or(Vec::new(), |c| {
-                (c + 1..=255).filter(|&b| b >= reach).collect()
-            }));
-        }
-        while let Some(bucket) = run.buckets.as_mut().and_then(Vec::pop) {
-            if let Some(target) = random_peer_in_bucket(&local, bucket) {
-                let kad = &mut self.swarm.behaviour_mut().kad;
-                let held = kad
-                    .kbuckets()
-                    .find(|b| b.range().0.ilog2() == Some(bucket))
-                    .map_or(0, |b| b.num_entries());
-                let peers = if held < kad::K_VALUE.get() {
-                    kad::K_VALUE.get()
-                } else {
-                    REFRESH_PEERS
-                };
-                let id = kad.get_n_closest_peers(
-                    target,
-                    NonZeroUsize::new(peers).unwrap_or(NonZeroUsize::MIN),
-                );
-                self.queries.insert(id, Query::BootstrapStep);
-                return;
-            }
-        }
-        let Some(run) = self.bootstrapping.take() else {
-            return;
-        };
-        if run.trigger == BootstrapTrigger::Initial && !self.timers.walk_interval.is_zero() {
-            // The next walk is the settling self lookup (see SETTLE_WALK); the walks after it
-            // go on from WALK_START as before.
-            self.next_walk = jittered(Instant::now(), SETTLE_WALK);
-            self.next_walk_target = WalkTarget::Own;
-            self.walk_wait = WALK_START / 2;
-        }
-        let table_size = self.table_size();
-        self.emit(Event::BootstrapCompleted {
-            trigger: run.trigger,
-            ok: run.error.is_none(),
-            duration_ms: millis(run.started.elapsed()),
-            error: run.error,
-            table_size,
-        });
-    }
-
-    fn dial_bootstrap(&mut self, i: usize) {
-        let target = &mut self.bootstrap_targets[i];
-        target.attempts += 1;
-        let opts = match target.peer {
-            Some(peer) => DialOpts::peer_id(peer)
-                .addresses(vec![target.addr.clone()])
-                .condition(PeerCondition::Always)
-                .build(),
-            None => DialOpts::unknown_peer_id()
-                .address(target.addr.clone())
-                .build(),
-        };
-        let id = opts.connection_id();
-        target.pending = Some(id);
-        target.next_dial = None;
-        if let Err(e) = self.swarm.dial(opts) {
-            self.bootstrap_dial_failed(i, error_chain(&e));
-        }
-    }
-
-    /// Records a failed bootstrap dial and schedules the next one with exponential backoff.
-    fn bootstrap_dial_failed(&mut self, i: usize, error: String) {
-        let max = self.timers.dial_backoff_max;
-        let target = &mut self.bootstrap_targets[i];
-        target.pending = None;
-        let exp = target.attempts.saturating_sub(1).min(16);
-        let backoff = DIAL_BACKOFF_START.saturating_mul(1 << exp).min(max);
-        // Up to 25% jitter so joiners that failed together do not retry together.
-        let backoff = backoff.mul_f64(rand::thread_rng().gen_range(0.75..=1.0));
-        target.next_dial = Some(Instant::now() + backoff);
-        let event = Event::DialFailed {
-            peer_id: target.peer.map(|p| p.to_string()),
-            addr: Some(target.addr.to_string()),
-            error,
-            attempt: Some(target.attempts),
-            retry_in_ms: Some(millis(backoff)),
-        };
-        tracing::warn!(addr = %target.addr, attempt = target.attempts, "bootstrap dial failed, retrying");
-        self.emit(event);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -683,211 +469,6 @@ impl<W: Write> EventLoop<W> {
             kad::Event::InboundRequest { .. } => {}
         }
     }
-
-    fn on_query_progress(&mut self, id: QueryId, result: QueryResult, last: bool) {
-        match result {
-            QueryResult::Bootstrap(_) if self.cancelled.contains(&id) => {
-                if last {
-                    self.cancelled.remove(&id);
-                }
-            }
-            // One that slipped past `cancel_automatic_bootstraps` (its first step ran over
-            // connections already open, so no swarm event came between): stop it after that step.
-            QueryResult::Bootstrap(_) => {
-                if !last {
-                    self.cancelled.insert(id);
-                    if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-                        query.finish();
-                    }
-                }
-            }
-            QueryResult::GetClosestPeers(result) => {
-                // Every peer a lookup ends with answered it, so it is alive. Peers already
-                // connected are not identified again, so without this a closer peer found by a
-                // lookup over an open connection would never enter the table.
-                let found = match &result {
-                    Ok(ok) => &ok.peers,
-                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => peers,
-                };
-                for info in found.clone() {
-                    self.admit(info.peer_id, info.addrs);
-                }
-                let (target, started) = match self.queries.remove(&id) {
-                    Some(Query::Walk { target, started }) => (target, started),
-                    Some(Query::BootstrapStep) => {
-                        let error = result.err().map(|e| e.to_string());
-                        self.bootstrap_step_done(error);
-                        return;
-                    }
-                    None => return,
-                };
-                let (ok, peers_found) = match result {
-                    Ok(ok) => (true, ok.peers.len()),
-                    Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (false, peers.len()),
-                };
-                let table_size = self.table_size();
-                self.emit(Event::WalkCompleted {
-                    target,
-                    ok,
-                    duration_ms: millis(started.elapsed()),
-                    peers_found,
-                    table_size,
-                });
-            }
-            other => tracing::debug!(?other, "unexpected query result"),
-        }
-    }
-
-    /// Adds `peer` at `addrs` if [`EventLoop::make_room_for`] lets it in; returns the addresses
-    /// added (none if it was turned away or has none).
-    fn admit(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
-        if addrs.is_empty() || !self.make_room_for(&peer) {
-            return Vec::new();
-        }
-        for addr in &addrs {
-            self.swarm
-                .behaviour_mut()
-                .kad
-                .add_address(&peer, addr.clone());
-        }
-        addrs
-    }
-
-    /// Whether `peer` may enter the routing table: it is there already, or its bucket has a free
-    /// slot, or — the one exception to "old contacts stay" — it would be among this node's k
-    /// closest peers and its full bucket holds someone farther, who then makes room.
-    ///
-    /// Without the exception a node whose k closest peers spill into a full bucket can never
-    /// hold them all: measured at N = 100, 12 of 101 nodes were stuck at 18 of their 20
-    /// closest. Lookups rely on nodes knowing their closest peers; far buckets do not need it.
-    fn make_room_for(&mut self, peer: &PeerId) -> bool {
-        let k = kad::K_VALUE.get();
-        let local = KBucketKey::from(*self.swarm.local_peer_id());
-        let distance = local.distance(&KBucketKey::from(*peer));
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let Some(bucket) = kad.kbucket(*peer) else {
-            return false; // our own id
-        };
-        if bucket.num_entries() < k || bucket.iter().any(|e| e.node.key.preimage() == peer) {
-            return true;
-        }
-        let Some((farthest, farthest_distance)) = bucket
-            .iter()
-            .map(|e| (*e.node.key.preimage(), local.distance(e.node.key)))
-            .max_by_key(|(_, d)| *d)
-        else {
-            return false;
-        };
-        if distance >= farthest_distance {
-            return false;
-        }
-        let closer = kad
-            .kbuckets()
-            .flat_map(|b| {
-                b.iter()
-                    .map(|e| local.distance(e.node.key))
-                    .collect::<Vec<_>>()
-            })
-            .filter(|d| *d < distance)
-            .count();
-        if closer >= k {
-            return false;
-        }
-        kad.remove_peer(&farthest);
-        self.evicting.insert(*peer, farthest);
-        true
-    }
-
-    fn table_changed(&mut self) {
-        if self.snapshot_due.is_none() {
-            self.snapshot_due = Some(Instant::now() + self.timers.table_debounce);
-        }
-    }
-
-    fn table_size(&mut self) -> usize {
-        self.swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .map(|b| b.num_entries())
-            .sum()
-    }
-
-    /// Writes the full routing table, and the health file with it.
-    fn snapshot(&mut self, reason: SnapshotReason) {
-        let mut peers = Vec::new();
-        for bucket in self.swarm.behaviour_mut().kad.kbuckets() {
-            let index = bucket.range().0.ilog2().unwrap_or(0);
-            for entry in bucket.iter() {
-                peers.push(TableEntry {
-                    peer_id: entry.node.key.preimage().to_string(),
-                    bucket: index,
-                });
-            }
-        }
-        self.snapshot_due = None;
-        self.last_snapshot = Instant::now();
-        let size = peers.len();
-        self.emit(Event::RoutingTable {
-            reason,
-            size,
-            peers,
-        });
-        self.write_health_with(size);
-        crate::memory::release_free_heap();
-    }
-
-    fn write_health(&mut self) {
-        let size = self.table_size();
-        self.write_health_with(size);
-    }
-
-    fn write_health_with(&mut self, table_size: usize) {
-        let Some(path) = &self.health_file else {
-            return;
-        };
-        let state = HealthState {
-            peer_id: self.swarm.local_peer_id().to_string(),
-            role: self.role,
-            listening: self.swarm.listeners().next().is_some(),
-            table_size,
-            updated: Timestamp::now(),
-        };
-        if let Err(e) = health::write(path, &state) {
-            if !self.health_error_reported {
-                tracing::error!(
-                    path = %path.display(),
-                    "cannot write the health file ({e}); `kad-node health` will report unhealthy. \
-                     Mount a writable tmpfs there (docker run --tmpfs /tmp) or unset KAD_HEALTH_FILE"
-                );
-                self.health_error_reported = true;
-            }
-        }
-    }
-}
-
-/// A random peer id whose key falls in `bucket` as seen from `local` (bucket 255 holds half of
-/// all keys, bucket 255 - j one in 2^(j+1)), or `None` if none turned up in 2^17 tries.
-fn random_peer_in_bucket(local: &KBucketKey<PeerId>, bucket: u32) -> Option<PeerId> {
-    (0..1u32 << 17)
-        .map(|_| PeerId::random())
-        .find(|p| local.distance(&KBucketKey::from(*p)).ilog2() == Some(bucket))
-}
-
-/// `now + interval`, jittered by ±50%; `None` when the interval is zero (disabled).
-fn jittered(now: Instant, interval: Duration) -> Option<Instant> {
-    if interval.is_zero() {
-        return None;
-    }
-    Some(now + interval.mul_f64(rand::thread_rng().gen_range(0.5..1.5)))
-}
-
-/// The `/p2p/<peer id>` of an address, if it has one.
-pub fn peer_id_of(addr: &Multiaddr) -> Option<PeerId> {
-    addr.iter().find_map(|p| match p {
-        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
-        _ => None,
-    })
 }
 
 fn to_strings<'a>(addrs: impl IntoIterator<Item = &'a Multiaddr>) -> Vec<String> {
