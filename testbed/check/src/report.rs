@@ -215,3 +215,24 @@ pub fn markdown(report: &Report, title: &str) -> String {
     ));
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::{CheckOptions, InputSummary, check};
+
+    #[test]
+    fn the_markdown_summary_is_one_well_formed_table() {
+        let report = check(&[], &CheckOptions::default(), InputSummary::default());
+        let text = markdown(&report, "a | b");
+        assert!(text.starts_with("### ❌ FAIL a | b:"), "{text}");
+        let rows: Vec<&str> = text.lines().filter(|l| l.starts_with('|')).collect();
+        assert_eq!(rows[1], "|---|---|---:|", "{text}");
+        // Every row has the header's three cells; pipes inside cells are escaped.
+        for row in &rows {
+            let cells = row.replace("\\|", "").matches('|').count() - 1;
+            assert_eq!(cells, 3, "{row}");
+        }
+        assert_eq!(rows.len(), 2 + report.properties.len());
+    }
+}
