@@ -66,25 +66,14 @@ async fn a_bootstrap_and_eight_joiners_all_know_each_other() {
     assert!(joiner_links > 0, "joiners connected to each other");
 
     // Every joiner runs its initial Kademlia bootstrap to completion.
-    let initial_done = |node: &InProcessNode| {
-        node.events().iter().any(|e| {
-            matches!(
-                e.event,
-                Event::BootstrapCompleted {
-                    trigger: BootstrapTrigger::Initial,
-                    ..
-                }
-            )
-        })
-    };
     wait_for(
         "every joiner to complete its initial bootstrap",
         Duration::from_secs(30),
-        || nodes[1..].iter().all(initial_done).then_some(()),
+        || nodes[1..].iter().all(joined).then_some(()),
         || {
             format!(
                 "{} of {JOINERS} done",
-                nodes[1..].iter().filter(|n| initial_done(n)).count()
+                nodes[1..].iter().filter(|n| joined(n)).count()
             )
         },
     )
@@ -194,6 +183,19 @@ fn the_kad_key_of_the_event_crate_matches_libp2p() {
         let theirs = KBucketKey::from(a).distance(&KBucketKey::from(b)).ilog2();
         assert_eq!(ours, theirs);
     }
+}
+
+/// Whether a joiner's initial Kademlia bootstrap completed.
+fn joined(node: &InProcessNode) -> bool {
+    node.events().iter().any(|e| {
+        matches!(
+            e.event,
+            Event::BootstrapCompleted {
+                trigger: BootstrapTrigger::Initial,
+                ..
+            }
+        )
+    })
 }
 
 /// The production walk and bootstrap schedules (first walk after a minute, then rarer). The
@@ -364,17 +366,6 @@ async fn nodes_joining_one_by_one_are_learned_by_every_node_that_should_hold_the
     for _ in 1..NODES {
         let node = production_node(&["--bootstrap", &addr]);
         ids.push(node.started().await.0);
-        let joined = |node: &InProcessNode| {
-            node.events().iter().any(|e| {
-                matches!(
-                    e.event,
-                    Event::BootstrapCompleted {
-                        trigger: BootstrapTrigger::Initial,
-                        ..
-                    }
-                )
-            })
-        };
         wait_for(
             "the newcomer's initial bootstrap",
             Duration::from_secs(30),

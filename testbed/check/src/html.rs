@@ -103,16 +103,10 @@ pub fn render(report: &Report, convergence: Option<&Convergence>, page: &Page) -
         let _ = writeln!(out, "</td><td>{held}</td></tr>");
     }
     out.push_str("</table>\n");
-    let c = &report.closest;
     let _ = writeln!(
         out,
-        "<p>k-closest health: {} of {} nodes ({:.1} %) hold all of their {} closest live peers; \
-         mean coverage {:.1} %.</p>",
-        c.complete,
-        c.of,
-        c.share * 100.0,
-        c.k,
-        c.mean_coverage * 100.0
+        "<p>k-closest health: {}.</p>",
+        report.closest.sentence()
     );
     for w in &report.warnings {
         let _ = writeln!(out, "<p class=\"note\">note: {}</p>", escape(w));

@@ -96,16 +96,7 @@ pub fn human(report: &Report, source: &str, all: bool) -> String {
             let _ = writeln!(out, "        {f}");
         }
     }
-    let c = &report.closest;
-    let _ = writeln!(
-        out,
-        "      k-closest health: {} of {} nodes ({:.1} %) hold all of their {} closest live peers; mean coverage {:.1} %",
-        c.complete,
-        c.of,
-        c.share * 100.0,
-        c.k,
-        c.mean_coverage * 100.0
-    );
+    let _ = writeln!(out, "      k-closest health: {}", report.closest.sentence());
     for w in &report.warnings {
         let _ = writeln!(out, "note: {w}");
     }
@@ -205,13 +196,9 @@ pub fn markdown(report: &Report, title: &str) -> String {
             p.title.replace('|', "\\|"),
         ));
     }
-    let c = &report.closest;
     out.push_str(&format!(
-        "\nk-closest health: {} of {} nodes ({:.1} %) hold all of their {} closest live peers.\n",
-        c.complete,
-        c.of,
-        c.share * 100.0,
-        c.k
+        "\nk-closest health: {}.\n",
+        report.closest.sentence()
     ));
     out
 }

@@ -188,6 +188,21 @@ pub struct ClosestSummary {
     pub threshold: f64,
 }
 
+impl ClosestSummary {
+    /// `11 of 11 nodes (100.0 %) hold all of their 20 closest live peers; mean coverage 100.0 %`:
+    /// the one wording every report uses.
+    pub fn sentence(&self) -> String {
+        format!(
+            "{} of {} nodes ({:.1} %) hold all of their {} closest live peers; mean coverage {:.1} %",
+            self.complete,
+            self.of,
+            self.share * 100.0,
+            self.k,
+            self.mean_coverage * 100.0
+        )
+    }
+}
+
 /// How full one k-bucket is across the judged nodes, against what Kademlia predicts.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct BucketFill {
