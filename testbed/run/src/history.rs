@@ -168,8 +168,8 @@ pub fn report(entries: &[Entry]) -> String {
             .filter(|e| e.exit_code == 0)
             .filter_map(|e| e.check_s)
             .collect();
-        let mut commits: Vec<&str> = runs.iter().map(|e| e.commit.as_str()).collect();
-        commits.dedup();
+        let commits: std::collections::BTreeSet<&str> =
+            runs.iter().map(|e| e.commit.as_str()).collect();
         let last = runs.last().map_or("", |e| e.commit.as_str());
         let flaky = passed > 0 && passed < n;
         out.push_str(&format!(
@@ -213,7 +213,7 @@ mod tests {
         for e in [
             entry("up", 10, 0, 2.0, "aaa"),
             entry("up", 10, 1, 60.0, "bbb"),
-            entry("up", 10, 0, 4.0, "bbb"),
+            entry("up", 10, 0, 4.0, "aaa"),
             entry("bench", 300, 0, 9.0, "bbb"),
         ] {
             append(dir.path(), &e).expect("append");
@@ -230,8 +230,9 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("| up | 10 |"))
             .expect("up row");
+        // Commits aaa, bbb, aaa: two distinct commits, the last one aaa.
         assert!(
-            up.contains("| 3 | 67 % (21–94 %) | 4.0 / 4.0 | 2 | `bbb` | **flaky** |"),
+            up.contains("| 3 | 67 % (21–94 %) | 4.0 / 4.0 | 2 | `aaa` | **flaky** |"),
             "{up}"
         );
         let bench = table
