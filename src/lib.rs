@@ -196,6 +196,7 @@ pub async fn run<W: Write>(
         bootstrap: args.bootstrap.iter().map(|a| a.to_string()).collect(),
         agent_version: behaviour::agent_version(),
         kad_protocol: behaviour::KAD_PROTOCOL.to_string(),
+        heartbeat_ms: u64::try_from(args.heartbeat.as_millis()).ok(),
     }));
     event_loop.run(shutdown).await;
     Ok(())

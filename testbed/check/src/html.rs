@@ -439,6 +439,7 @@ mod tests {
                 seen: (i as usize).min(4),
                 tables: (i as usize).min(4),
                 closest: (i as f64 / 9.0).min(1.0),
+                live: 4,
             })
             .collect();
         let html = render(

@@ -5,6 +5,7 @@
 //! failures, unroutable sightings). Lines that are not events are counted, never fatal.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use serde::Serialize;
 use testbed_events::{
@@ -14,6 +15,10 @@ use testbed_events::{
 
 /// How many bad lines to quote in a report, in all.
 const MAX_SAMPLES: usize = 5;
+
+/// Heartbeats of silence after which a node that never said it stopped is taken to be down: the
+/// node's own health check allows three too (see the node's `--heartbeat`).
+pub const SILENT_HEARTBEATS: u32 = 3;
 
 /// A routing-table snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +50,8 @@ pub struct NodeLog {
     pub stopped: Option<(Timestamp, String)>,
     /// The Docker source saw the container not running (exited, dead…).
     pub container_exited: bool,
+    /// The longest the node stays silent (`heartbeat_ms` of its `node_started`), if it said.
+    pub heartbeat: Option<Duration>,
     /// Peers it had a connection with.
     pub connected: BTreeSet<String>,
     /// Peers it saw speak Kademlia without a dialable address.
@@ -128,6 +135,25 @@ impl NodeLog {
         self.stopped.is_some() || self.container_exited
     }
 
+    /// Whether, as of `now` (the end of the logs read), the node is down: it said so, its
+    /// container is not running, or it has been silent for [`SILENT_HEARTBEATS`] of its
+    /// heartbeats while other logs went on (killed, paused or crashed: no `node_stopping`).
+    pub fn is_down_as_of(&self, now: Timestamp) -> bool {
+        self.is_down() || self.silent_as_of(now)
+    }
+
+    /// Silent for [`SILENT_HEARTBEATS`] heartbeats before `now`. Never true for a node that did not
+    /// say how often it writes.
+    pub fn silent_as_of(&self, now: Timestamp) -> bool {
+        match (self.heartbeat, self.last_event) {
+            (Some(heartbeat), Some(last)) => {
+                let limit = heartbeat.saturating_mul(SILENT_HEARTBEATS);
+                u128::from(now.millis_since(last)) > limit.as_millis()
+            }
+            _ => false,
+        }
+    }
+
     /// When the node went down: its `node_stopping`, else its last event.
     pub fn down_at(&self) -> Option<Timestamp> {
         self.stopped.as_ref().map(|s| s.0).or(self.last_event)
@@ -159,6 +185,7 @@ impl NodeLog {
                     former_ids,
                     peer_id: Some(started.peer_id),
                     role: Some(started.role),
+                    heartbeat: started.heartbeat_ms.map(Duration::from_millis),
                     started: Some(ts),
                     last_event: Some(ts),
                     ..Self::default()

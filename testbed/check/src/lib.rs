@@ -22,6 +22,7 @@
 //!
 //! * [`ingest`]: lines → per-node digests ([`ingest::NodeLog`]), streaming, bad lines counted.
 //! * [`verdict`]: digests → [`verdict::Report`]; no I/O.
+//! * [`closest`]: each live node's k closest live peers, for the verdict and the timeline alike.
 //! * [`report`]: the report as a table, JSON or JUnit XML.
 //! * [`source`]: files, stdin, or a compose project through the Docker Engine API (bollard).
 //! * [`timeline`]: when a saved run converged, replaying every snapshot in time order.
@@ -29,6 +30,7 @@
 //! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be
 //! read (no daemon, no such project, no events at all, bad flags).
 
+pub mod closest;
 pub mod html;
 pub mod ingest;
 pub mod report;

@@ -7,10 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 use testbed_events::{Direction, Event, KadKey, Timestamp, kad_key, parse_line};
 
+use crate::closest::ClosestIndex;
+use crate::ingest::SILENT_HEARTBEATS;
 use crate::source::SourceError;
 
 /// Convergence times of a run, in milliseconds since the last node started.
@@ -30,6 +33,8 @@ pub struct Convergence {
     pub best_closest_share: f64,
     pub best_closest_ms: Option<i64>,
     pub snapshots: usize,
+    /// Identities that went down while the others ran (not in the run's own shutdown).
+    pub departed: usize,
     /// Connections each node dialed over the whole run (sorted): what the node costs the
     /// network.
     pub outbound_connections: Vec<u32>,
@@ -46,8 +51,10 @@ pub struct Point {
     pub seen: usize,
     /// Nodes whose table holds at least one other node.
     pub tables: usize,
-    /// Share of nodes holding all of their k closest.
+    /// Share of live nodes holding all of their k closest live peers.
     pub closest: f64,
+    /// Nodes live at this moment.
+    pub live: usize,
 }
 
 /// Enough points for a chart; a 1000-node run has tens of thousands of snapshots.
@@ -60,11 +67,26 @@ impl Convergence {
             .then_some(self.best_closest_ms)
             .flatten()
     }
+
+    /// Milliseconds from `since` (ms after the first start) until every live node held all of
+    /// its k closest live peers again: the healing time after a fault, at the resolution of
+    /// [`Convergence::series`].
+    pub fn healed_after(&self, since_ms: u64) -> Option<u64> {
+        self.series
+            .iter()
+            .find(|p| p.ms >= since_ms && p.closest >= 1.0)
+            .map(|p| p.ms - since_ms)
+    }
 }
 
 struct NodeHistory {
     key: Option<KadKey>,
     started: Timestamp,
+    /// When this identity went down: its `node_stopping`, or its last event when the log went
+    /// on with a new `node_started`, or went silent (the verdict's rule, [`SILENT_HEARTBEATS`]).
+    down: Option<Timestamp>,
+    last_event: Timestamp,
+    heartbeat: Option<Duration>,
     snapshots: Vec<(Timestamp, Vec<u32>)>,
 }
 
@@ -99,8 +121,16 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
             };
             let ts = parsed.envelope.ts;
             last_event = last_event.max(Some(ts));
+            if let Some(h) = me.and_then(|id| histories.get_mut(&id)) {
+                h.last_event = h.last_event.max(ts);
+            }
             match parsed.envelope.event {
                 Event::NodeStarted(s) => {
+                    // The previous incarnation, if it never said it stopped, died at its last
+                    // event.
+                    if let Some(h) = me.and_then(|id| histories.get_mut(&id)) {
+                        h.down = h.down.or(Some(h.last_event));
+                    }
                     let id = intern(&s.peer_id);
                     me = Some(id);
                     histories.insert(
@@ -108,6 +138,9 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
                         NodeHistory {
                             key: kad_key(&s.peer_id).ok(),
                             started: ts,
+                            down: None,
+                            last_event: ts,
+                            heartbeat: s.heartbeat_ms.map(Duration::from_millis),
                             snapshots: Vec::new(),
                         },
                     );
@@ -117,6 +150,11 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
                     let table = peers.iter().map(|p| intern(&p.peer_id)).collect();
                     if let Some(h) = histories.get_mut(&id) {
                         h.snapshots.push((ts, table));
+                    }
+                }
+                Event::NodeStopping { .. } => {
+                    if let Some(h) = me.and_then(|id| histories.get_mut(&id)) {
+                        h.down = h.down.or(Some(ts));
                     }
                 }
                 Event::ConnectionEstablished {
@@ -130,6 +168,17 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
             outbound.push(dialed);
         }
     }
+    // Silent identities went down at their last event.
+    if let Some(end) = last_event {
+        for h in histories.values_mut().filter(|h| h.down.is_none()) {
+            if let Some(heartbeat) = h.heartbeat {
+                let limit = heartbeat.saturating_mul(SILENT_HEARTBEATS).as_millis();
+                if u128::from(end.millis_since(h.last_event)) > limit {
+                    h.down = Some(h.last_event);
+                }
+            }
+        }
+    }
     let mut convergence = replay(histories, k, threshold);
     convergence.last_event = last_event;
     outbound.sort_unstable();
@@ -137,16 +186,19 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
     Ok(convergence)
 }
 
+/// What happens at an instant of the replay. At one instant, starts come first and departures
+/// last, so a node's final snapshot still counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Change {
+    Start,
+    Snapshot(usize),
+    Down,
+}
+
 fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Convergence {
-    let nodes: Vec<u32> = {
-        let mut v: Vec<u32> = histories.keys().copied().collect();
-        v.sort_unstable();
-        v
-    };
-    let n = nodes.len();
     let last_start = histories.values().map(|h| h.started).max();
     let mut result = Convergence {
-        nodes: n,
+        nodes: histories.len(),
         first_start: histories.values().map(|h| h.started).min(),
         last_start,
         ..Convergence::default()
@@ -155,81 +207,113 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
         return result;
     };
     let since_start = |ts: Timestamp| ts.as_millis() as i64 - last_start.as_millis() as i64;
+    // The end of the run is not a departure: nodes stopped by the run's own shutdown are judged
+    // on their state before it, as the verdict does.
+    let shutdown = shutdown_wave(&histories);
 
-    // Each node's k closest peers among all nodes of the run.
-    let keyed: Vec<(u32, KadKey)> = nodes
-        .iter()
-        .filter_map(|id| Some((*id, histories[id].key?)))
-        .collect();
-    let mut closest: HashMap<u32, HashSet<u32>> = HashMap::new();
-    for &(id, key) in &keyed {
-        let mut others: Vec<([u8; 32], u32)> = keyed
-            .iter()
-            .filter(|(o, _)| *o != id)
-            .map(|(o, other)| (key.distance(other), *o))
-            .collect();
-        let want = k.min(others.len());
-        if want > 0 && want < others.len() {
-            others.select_nth_unstable(want - 1);
+    let mut changes: Vec<(Timestamp, Change, u32)> = Vec::new();
+    for (&id, h) in &histories {
+        changes.push((h.started, Change::Start, id));
+        changes.extend(
+            h.snapshots
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.0, Change::Snapshot(i), id)),
+        );
+        if let Some(down) = h.down.filter(|d| shutdown.is_none_or(|s| *d < s)) {
+            changes.push((down, Change::Down, id));
         }
-        closest.insert(id, others[..want].iter().map(|(_, o)| *o).collect());
     }
-
-    let mut events: Vec<(Timestamp, u32, usize)> = histories
+    changes.sort_unstable();
+    result.snapshots = changes
         .iter()
-        .flat_map(|(id, h)| h.snapshots.iter().enumerate().map(|(i, s)| (s.0, *id, i)))
-        .collect();
-    events.sort_unstable();
-    result.snapshots = events.len();
+        .filter(|c| matches!(c.1, Change::Snapshot(_)))
+        .count();
 
-    let is_node: HashSet<u32> = nodes.iter().copied().collect();
+    let mut index: ClosestIndex<u32> = ClosestIndex::new(k);
+    let mut live: HashSet<u32> = HashSet::new();
     let mut tables: HashMap<u32, HashSet<u32>> = HashMap::new();
+    // How many live tables hold each peer.
     let mut seen_by: HashMap<u32, usize> = HashMap::new();
     let mut complete: HashSet<u32> = HashSet::new();
-    let mut non_empty = 0usize;
     let first_start = result.first_start.unwrap_or(last_start);
     let mut series = Vec::new();
-    for (ts, id, index) in events {
-        let new: HashSet<u32> = histories[&id].snapshots[index]
-            .1
-            .iter()
-            .copied()
-            .filter(|p| *p != id && is_node.contains(p))
-            .collect();
-        let old = tables.remove(&id).unwrap_or_default();
-        for p in old.difference(&new) {
-            if let Some(c) = seen_by.get_mut(p) {
-                *c -= 1;
-                if *c == 0 {
-                    seen_by.remove(p);
-                }
+    let holds_closest = |index: &ClosestIndex<u32>, tables: &HashMap<u32, HashSet<u32>>, id| {
+        let (found, wanted) = index.held(id, |p| tables.get(&id).is_some_and(|t| t.contains(&p)));
+        wanted > 0 && found == wanted
+    };
+    let recheck = |ids: Vec<u32>,
+                   index: &ClosestIndex<u32>,
+                   tables: &HashMap<u32, HashSet<u32>>,
+                   complete: &mut HashSet<u32>| {
+        for id in ids {
+            if holds_closest(index, tables, id) {
+                complete.insert(id);
+            } else {
+                complete.remove(&id);
             }
         }
-        for p in new.difference(&old) {
-            *seen_by.entry(*p).or_default() += 1;
+    };
+    for (ts, change, id) in changes {
+        match change {
+            Change::Start => {
+                live.insert(id);
+                if let Some(key) = histories[&id].key {
+                    let changed = index.join(id, key);
+                    recheck(changed, &index, &tables, &mut complete);
+                }
+            }
+            Change::Down => {
+                live.remove(&id);
+                complete.remove(&id);
+                for p in tables.remove(&id).unwrap_or_default() {
+                    unsee(&mut seen_by, p);
+                }
+                let changed = index.leave(id);
+                recheck(changed, &index, &tables, &mut complete);
+            }
+            Change::Snapshot(i) => {
+                if !live.contains(&id) {
+                    continue;
+                }
+                let new: HashSet<u32> = histories[&id].snapshots[i]
+                    .1
+                    .iter()
+                    .copied()
+                    .filter(|p| *p != id && histories.contains_key(p))
+                    .collect();
+                let old = tables.remove(&id).unwrap_or_default();
+                for p in old.difference(&new) {
+                    unsee(&mut seen_by, *p);
+                }
+                for p in new.difference(&old) {
+                    *seen_by.entry(*p).or_default() += 1;
+                }
+                tables.insert(id, new);
+                recheck(vec![id], &index, &tables, &mut complete);
+            }
         }
-        let holds_closest = closest
-            .get(&id)
-            .is_some_and(|c| !c.is_empty() && c.is_subset(&new));
-        if holds_closest {
-            complete.insert(id);
-        } else {
-            complete.remove(&id);
-        }
-        non_empty = non_empty + usize::from(!new.is_empty()) - usize::from(!old.is_empty());
-        tables.insert(id, new);
-
-        let at = since_start(ts);
+        let n = live.len();
+        let seen = seen_by.keys().filter(|p| live.contains(p)).count();
+        let non_empty = live
+            .iter()
+            .filter(|id| tables.get(id).is_some_and(|t| !t.is_empty()))
+            .count();
+        let share = complete.len() as f64 / n.max(1) as f64;
         series.push(Point {
             ms: ts.millis_since(first_start),
-            seen: seen_by.len(),
+            seen,
             tables: non_empty,
-            closest: complete.len() as f64 / n.max(1) as f64,
+            closest: share,
+            live: n,
         });
-        if result.all_seen_ms.is_none() && seen_by.len() == n && n > 1 {
+        if ts < last_start {
+            continue;
+        }
+        let at = since_start(ts);
+        if result.all_seen_ms.is_none() && seen == n && n > 1 {
             result.all_seen_ms = Some(at);
         }
-        let share = complete.len() as f64 / n.max(1) as f64;
         if share > result.best_closest_share {
             result.best_closest_share = share;
             result.best_closest_ms = Some(at);
@@ -238,9 +322,44 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
             result.closest_ms = Some(at);
         }
     }
+    result.departed = histories
+        .values()
+        .filter(|h| h.down.is_some_and(|d| shutdown.is_none_or(|s| d < s)))
+        .count();
     result.series = thin(series, MAX_POINTS);
     result
 }
+
+fn unsee(seen_by: &mut HashMap<u32, usize>, p: u32) {
+    if let Some(c) = seen_by.get_mut(&p) {
+        *c -= 1;
+        if *c == 0 {
+            seen_by.remove(&p);
+        }
+    }
+}
+
+/// When the run's own shutdown began, if every identity went down: the last wave of downs, each
+/// within [`SHUTDOWN_GAP`] of the next, and never reaching back past a (re)start (the verdict's
+/// guess, for logs without a recorded moment).
+fn shutdown_wave(histories: &HashMap<u32, NodeHistory>) -> Option<Timestamp> {
+    let downs: Option<Vec<Timestamp>> = histories.values().map(|h| h.down).collect();
+    let mut downs = downs?;
+    let latest_start = histories.values().map(|h| h.started).max();
+    downs.sort_unstable_by(|a, b| b.cmp(a));
+    let gap = u64::try_from(SHUTDOWN_GAP.as_millis()).unwrap_or(u64::MAX);
+    let mut start = *downs.first()?;
+    for t in downs.into_iter().skip(1) {
+        if start.millis_since(t) > gap || latest_start.is_some_and(|s| t < s) {
+            break;
+        }
+        start = t;
+    }
+    Some(start)
+}
+
+/// The verdict's default `--shutdown-gap`.
+const SHUTDOWN_GAP: Duration = Duration::from_secs(10);
 
 /// At most about `max` points, evenly spread over time; for each stretch the last point (the
 /// state at its end), and always the final one.
@@ -318,5 +437,68 @@ mod tests {
         assert_eq!(c.closest_ms, Some(7_000));
         assert_eq!(c.best_closest_share, 1.0);
         assert_eq!(c.snapshots, 6);
+    }
+}
+
+#[cfg(test)]
+mod churn_tests {
+    use super::*;
+
+    /// The captured churn run (peer_3 stops, peer_5 restarts with a new identity, then the run
+    /// shuts down): the timeline counts the departures and judges the live nodes only, so the
+    /// network is whole again at the end, as the verdict says.
+    #[test]
+    fn departed_identities_are_not_wanted_after_they_leave() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/churn-near-end");
+        let c = replay_dir(&dir, 20, 0.9).expect("replays");
+        assert_eq!(c.nodes, 8, "7 logs, one of them with two identities");
+        assert_eq!(c.departed, 2, "peer_3, and peer_5's first identity");
+        let last = c.series.last().expect("a series");
+        assert_eq!(last.live, 6);
+        assert_eq!(last.closest, 1.0, "{last:?}");
+        // Right after peer_3 left, its peers still held it but nobody wants it: still whole.
+        assert!(c.healed_after(0).is_some());
+    }
+
+    /// Nobody learns the node that joins last, so k-closest never reaches 100 % and nothing
+    /// heals: the same replay fails when it should.
+    #[test]
+    fn a_newcomer_nobody_learns_never_heals() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/live-10");
+        let logs: Vec<(String, Vec<serde_json::Value>)> = std::fs::read_dir(&src)
+            .expect("fixture")
+            .map(|e| {
+                let path = e.expect("entry").path();
+                let text = std::fs::read_to_string(&path).expect("read");
+                let events = text
+                    .lines()
+                    .map(|l| serde_json::from_str(l).expect("json"))
+                    .collect();
+                (
+                    path.file_name().expect("name").to_string_lossy().into(),
+                    events,
+                )
+            })
+            .collect();
+        let newest = logs
+            .iter()
+            .map(|(_, events)| &events[0])
+            .max_by_key(|started| started["ts"].as_str().unwrap_or_default().to_owned())
+            .expect("logs")["peer_id"]
+            .clone();
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, mut events) in logs {
+            for e in &mut events {
+                if let Some(peers) = e.get_mut("peers").and_then(|p| p.as_array_mut()) {
+                    peers.retain(|p| p["peer_id"] != newest);
+                }
+            }
+            let lines: Vec<String> = events.iter().map(ToString::to_string).collect();
+            std::fs::write(dir.path().join(name), lines.join("\n")).expect("write");
+        }
+        let c = replay_dir(dir.path(), 20, 0.9).expect("replays");
+        assert!(c.best_closest_share < 1.0, "{:?}", c.series.last());
+        assert_eq!(c.all_closest_ms(), None);
+        assert_eq!(c.healed_after(0), None);
     }
 }

@@ -7,7 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use serde::Serialize;
-use testbed_events::{KadKey, Role, SnapshotReason, Timestamp, kad_key};
+use testbed_events::{Role, SnapshotReason, Timestamp, kad_key};
+
+use crate::closest::ClosestIndex;
 
 use crate::ingest::{LineStats, NodeLog};
 
@@ -563,24 +565,35 @@ fn natural_key(s: &str) -> Vec<NameChunk> {
 
 /// Each node's state, and whether the whole run had shut down.
 ///
-/// The rule: a node that is down at the end either departed while the others ran, or stopped
-/// with the run. When the moment the run's shutdown began is known (`shutdown_at`), that moment
-/// decides. Otherwise, once every node is down, the run's shutdown is guessed as the last wave of
-/// stops (each within `gap` of the next), and the wave never reaches back past any node's
-/// (re)start: a stop followed by a node starting was churn, not the shutdown.
+/// The rule: a node is down when it wrote `node_stopping`, when Docker says its container is not
+/// running, or when its log went silent for [`SILENT_HEARTBEATS`] of its heartbeats before the
+/// end of the logs (killed, paused or crashed). A node that is down either departed while the
+/// others ran, or stopped with the run. When the moment the run's shutdown began is known
+/// (`shutdown_at`), that moment decides. Otherwise, once every node is down, the run's shutdown
+/// is guessed as the last wave of stops (each within `gap` of the next), and the wave never
+/// reaches back past any node's (re)start: a stop followed by a node starting was churn, not the
+/// shutdown.
+///
+/// [`SILENT_HEARTBEATS`]: crate::ingest::SILENT_HEARTBEATS
 fn classify(
     nodes: &[&NodeLog],
     gap: Duration,
     shutdown_at: Option<Timestamp>,
 ) -> (Vec<NodeState>, bool) {
-    let all_down = !nodes.is_empty() && nodes.iter().all(|n| n.is_down());
+    let end_of_logs = nodes.iter().filter_map(|n| n.last_event).max();
+    let down: Vec<bool> = nodes
+        .iter()
+        .map(|n| end_of_logs.map_or(n.is_down(), |now| n.is_down_as_of(now)))
+        .collect();
+    let all_down = !nodes.is_empty() && down.iter().all(|d| *d);
     let wave_start = match shutdown_at {
         Some(at) => Some(at),
         None => all_down.then(|| last_wave_of_stops(nodes, gap)),
     };
     let states = nodes
         .iter()
-        .map(|n| match (n.is_down(), wave_start) {
+        .zip(&down)
+        .map(|(n, down)| match (down, wave_start) {
             (false, _) => NodeState::Live,
             (true, Some(start)) if n.down_at().is_some_and(|t| t >= start) => {
                 NodeState::StoppedWithRun
@@ -616,7 +629,8 @@ struct Closest {
     mean: f64,
 }
 
-/// For each judged node: how many of its k XOR-closest judged peers its table holds.
+/// For each judged node: how many of its k XOR-closest judged peers its table holds (through
+/// the same [`ClosestIndex`] as the timeline).
 fn closest_coverage(
     nodes: &[&NodeLog],
     judged: &[usize],
@@ -624,11 +638,15 @@ fn closest_coverage(
     k: usize,
     warnings: &mut Vec<String>,
 ) -> Closest {
-    let mut keys: Vec<(usize, KadKey)> = Vec::with_capacity(judged.len());
+    let mut index = ClosestIndex::new(k);
+    let mut keyed = Vec::with_capacity(judged.len());
     for &i in judged {
         let peer = nodes[i].peer_id.as_deref().unwrap_or_default();
         match kad_key(peer) {
-            Ok(key) => keys.push((i, key)),
+            Ok(key) => {
+                index.join(i, key);
+                keyed.push(i);
+            }
             Err(e) => warnings.push(format!("{}: {e}; left out of k-closest", nodes[i].name)),
         }
     }
@@ -636,25 +654,11 @@ fn closest_coverage(
     let mut wanted = vec![0; nodes.len()];
     let mut complete = 0;
     let mut coverage_sum = 0.0;
-    let mut distances: Vec<([u8; 32], usize)> = Vec::with_capacity(keys.len());
-    for &(i, key) in &keys {
-        distances.clear();
-        distances.extend(
-            keys.iter()
-                .filter(|(j, _)| *j != i)
-                .map(|(j, other)| (key.distance(other), *j)),
-        );
-        let want = k.min(distances.len());
+    for i in keyed {
+        let (held, want) = index.held(i, |j| tables[i].contains(&j));
         if want == 0 {
             continue;
         }
-        if want < distances.len() {
-            distances.select_nth_unstable(want - 1);
-        }
-        let held = distances[..want]
-            .iter()
-            .filter(|(_, j)| tables[i].contains(j))
-            .count();
         found[i] = held;
         wanted[i] = want;
         coverage_sum += held as f64 / want as f64;
@@ -1058,6 +1062,9 @@ mod tests {
         Envelope, Event, NodeStarted, SCHEMA_VERSION, SnapshotReason, TableEntry,
     };
 
+    /// The made-up nodes' heartbeat: silent for more than 90 s means down.
+    const HEARTBEAT_MS: u64 = 30_000;
+
     /// `t` seconds into a made-up run.
     fn at(t: u64) -> Timestamp {
         Timestamp(1_764_064_800_000 + t * 1000)
@@ -1088,6 +1095,7 @@ mod tests {
                 bootstrap: vec![],
                 agent_version: String::new(),
                 kad_protocol: String::new(),
+                heartbeat_ms: Some(HEARTBEAT_MS),
             }),
         )
     }
@@ -1331,5 +1339,45 @@ mod tests {
             events.push(stopping(25));
         }
         assert_eq!(judge(logs, &CheckOptions::default()).departed, 0);
+    }
+
+    /// Nodes 0, 2 and 3 drop node 1 from their tables at 60 s, and write heartbeats until `end`;
+    /// node 1 was killed after its table at 1 s (no `node_stopping`).
+    fn killed_node_dropped_at_60s(end: u64) -> Vec<Vec<Envelope>> {
+        let ids: Vec<String> = (0..4).map(id).collect();
+        let mut logs = full_network(4);
+        for (i, events) in logs.iter_mut().enumerate().filter(|(i, _)| *i != 1) {
+            let without: Vec<String> = ids
+                .iter()
+                .filter(|p| **p != ids[i] && **p != ids[1])
+                .cloned()
+                .collect();
+            events.push(table(60, &without));
+            events.push(table(end, &without));
+        }
+        logs
+    }
+
+    #[test]
+    fn a_node_silent_for_three_heartbeats_has_departed() {
+        let report = judge(killed_node_dropped_at_60s(130), &CheckOptions::default());
+        assert_eq!(report.departed, 1, "{report:#?}");
+        assert_eq!(report.nodes[1].state, NodeState::Departed);
+        assert!(report.passed, "{:#?}", report.properties);
+    }
+
+    #[test]
+    fn a_node_silent_for_less_than_three_heartbeats_is_live_and_missed() {
+        // 59 s of silence is under 3 × 30 s: node 1 may just be quiet, so it is live, and no
+        // table holds it.
+        let report = judge(killed_node_dropped_at_60s(60), &CheckOptions::default());
+        assert_eq!(report.departed, 0);
+        assert_eq!(status(&report, PropertyId::Seen), Status::Fail);
+        let seen = report.property(PropertyId::Seen).expect("seen");
+        assert!(
+            seen.failures.iter().any(|f| f.contains("n1")),
+            "{:#?}",
+            seen.failures
+        );
     }
 }

@@ -181,6 +181,11 @@ pub struct NodeStarted {
     /// The Kademlia protocol the node speaks.
     #[serde(default)]
     pub kad_protocol: String,
+    /// The longest the node stays silent: it writes a `routing_table` snapshot at least this
+    /// often. A node whose log went quiet for several heartbeats while others' went on has died
+    /// (killed, paused or crashed) without a `node_stopping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_ms: Option<u64>,
 }
 
 /// Every event type. Serialized with a `type` tag beside the [`Envelope`] fields.
@@ -429,6 +434,7 @@ mod tests {
                 bootstrap: vec![],
                 agent_version: "kad-node/0.1.0".into(),
                 kad_protocol: "/ipfs/kad/1.0.0".into(),
+                heartbeat_ms: Some(30_000),
             }),
             Event::ListenAddr {
                 addr: "/ip4/10.0.0.1/tcp/4001".into(),
