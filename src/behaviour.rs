@@ -1,4 +1,5 @@
-//! The node's one `NetworkBehaviour`: Kademlia, Identify and Ping.
+//! The node's one `NetworkBehaviour`: Kademlia, Identify, Ping, and keeping the connections to
+//! the k closest peers open.
 
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ pub struct Behaviour {
     pub kad: kad::Behaviour<kad::store::MemoryStore>,
     pub identify: identify::Behaviour,
     pub ping: ping::Behaviour,
+    pub keep_alive: crate::keep_alive::Behaviour,
 }
 
 /// The agent version the node announces through Identify.
@@ -60,6 +62,7 @@ impl Behaviour {
             kad,
             identify,
             ping,
+            keep_alive: crate::keep_alive::Behaviour::default(),
         }
     }
 }

@@ -12,10 +12,13 @@
 //!   self lookup, walks, and cancelling libp2p-kad's own bootstraps.
 //! * `admission.rs`: who may enter a k-bucket — the node's most unusual rule, as a pure function
 //!   with its unit tests.
+//! * `liveness.rs`: healing — watching the k closest, removing dead entries, replacing a lost
+//!   closest peer.
 //! * `snapshots.rs`: routing-table snapshots and the health file.
 
 mod admission;
 mod dialing;
+mod liveness;
 mod maintenance;
 mod snapshots;
 
@@ -42,6 +45,7 @@ use crate::emit::Emitter;
 
 pub use dialing::peer_id_of;
 use dialing::{BootstrapTarget, DIAL_BACKOFF_START};
+use liveness::Liveness;
 use maintenance::{Bootstrapping, Query, RANDOM_WALK_PEERS, WALK_START, jittered};
 
 /// Timing knobs of the loop, from the command line.
@@ -87,6 +91,7 @@ pub struct EventLoop<W: Write> {
     unroutable: HashSet<PeerId>,
     /// Peers let into a full bucket, and whom they replaced (reported with their insertion).
     evicting: HashMap<PeerId, PeerId>,
+    liveness: Liveness,
 }
 
 impl<W: Write> std::fmt::Debug for EventLoop<W> {
@@ -146,6 +151,7 @@ impl<W: Write> EventLoop<W> {
             identified: HashMap::new(),
             unroutable: HashSet::new(),
             evicting: HashMap::new(),
+            liveness: Liveness::default(),
         }
     }
 
@@ -199,6 +205,7 @@ impl<W: Write> EventLoop<W> {
             .chain(self.snapshot_due)
             .chain(self.next_walk)
             .chain(self.next_bootstrap)
+            .chain(self.liveness.deadlines())
             .fold(heartbeat, Instant::min)
     }
 
@@ -244,6 +251,7 @@ impl<W: Write> EventLoop<W> {
             self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
             self.start_bootstrap(BootstrapTrigger::Periodic);
         }
+        self.on_liveness_timers(now);
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -253,8 +261,10 @@ impl<W: Write> EventLoop<W> {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
                 if let Err(error) = e.result {
                     tracing::debug!(peer = %e.peer, %error, "ping failed");
+                    self.on_ping_failure(e.peer);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::KeepAlive(never)) => match never {},
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 connection_id,
@@ -308,12 +318,16 @@ impl<W: Write> EventLoop<W> {
                         tracing::warn!(addr = %t.addr, "bootstrap connection closed before joining; dialing again");
                     }
                 }
+                let on_error = cause.is_some();
                 self.emit(Event::ConnectionClosed {
                     peer_id: peer_id.to_string(),
                     remote_addr: endpoint.get_remote_address().to_string(),
                     connections: num_established,
                     cause: cause.map(|e| error_chain(&e)),
                 });
+                if num_established == 0 {
+                    self.on_disconnected(peer_id, on_error);
+                }
             }
             SwarmEvent::OutgoingConnectionError {
                 connection_id,
@@ -341,13 +355,17 @@ impl<W: Write> EventLoop<W> {
                     }
                     _ => None,
                 };
+                let error = error_chain(&error);
                 self.emit(Event::DialFailed {
                     peer_id: peer_id.map(|p| p.to_string()),
                     addr,
-                    error: error_chain(&error),
+                    error: error.clone(),
                     attempt: None,
                     retry_in_ms: None,
                 });
+                if let Some(peer) = peer_id {
+                    self.on_dial_failure(peer, error);
+                }
             }
             SwarmEvent::IncomingConnectionError {
                 send_back_addr,

@@ -27,6 +27,7 @@ pub mod emit;
 pub mod event_loop;
 pub mod health;
 pub mod identity;
+pub mod keep_alive;
 pub mod memory;
 
 use std::future::Future;

@@ -72,6 +72,7 @@ impl<W: Write> EventLoop<W> {
         self.walk_wait = WALK_START.min(self.timers.walk_interval);
         self.next_walk = jittered(now, self.walk_wait);
         self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
+        self.liveness.watch_at = jittered(now, super::liveness::WATCH_INTERVAL);
     }
 
     /// libp2p-kad bootstraps on its own whenever a peer joins a table of fewer than 20 peers, and

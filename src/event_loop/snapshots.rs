@@ -39,6 +39,10 @@ impl<W: Write> EventLoop<W> {
         }
         self.snapshot_due = None;
         self.last_snapshot = Instant::now();
+        if reason == SnapshotReason::Changed {
+            // The k closest may have changed: keep their connections open (liveness.rs).
+            self.update_watched();
+        }
         let size = peers.len();
         self.emit(Event::RoutingTable {
             reason,

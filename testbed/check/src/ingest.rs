@@ -60,6 +60,8 @@ pub struct NodeLog {
     pub routed: BTreeSet<String>,
     /// Peers that identified without the Kademlia protocol.
     pub no_kad: BTreeSet<String>,
+    /// Peers it took out of its table as gone (`peer_removed`), and when.
+    pub removed: Vec<(String, Timestamp)>,
     /// Failed dials to other peers, and the last reason.
     pub dial_failures: u32,
     pub last_dial_error: Option<String>,
@@ -198,6 +200,7 @@ impl NodeLog {
             Event::ConnectionEstablished { peer_id, .. } => {
                 self.connected.insert(peer_id);
             }
+            Event::PeerRemoved { peer_id, .. } => self.removed.push((peer_id, ts)),
             Event::UnroutablePeer { peer_id } => {
                 self.unroutable.insert(peer_id);
             }

@@ -214,10 +214,13 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
     let mut changes: Vec<(Timestamp, Change, u32)> = Vec::new();
     for (&id, h) in &histories {
         changes.push((h.started, Change::Start, id));
+        // Snapshots written during the shutdown show nodes taking the stopped ones out of their
+        // tables: the run's end, not its state.
         changes.extend(
             h.snapshots
                 .iter()
                 .enumerate()
+                .filter(|(_, s)| shutdown.is_none_or(|at| s.0 < at))
                 .map(|(i, s)| (s.0, Change::Snapshot(i), id)),
         );
         if let Some(down) = h.down.filter(|d| shutdown.is_none_or(|s| *d < s)) {

@@ -318,7 +318,8 @@ impl Report {
 pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Report {
     let mut warnings = Vec::new();
     let nodes = identified_nodes(logs, &mut warnings);
-    let (states, judged_before_shutdown) = classify(&nodes, opts.shutdown_gap, opts.shutdown_at);
+    let (states, shutdown) = classify(&nodes, opts.shutdown_gap, opts.shutdown_at);
+    let judged_before_shutdown = shutdown.all_down;
 
     let judged: Vec<usize> = (0..nodes.len()).filter(|&i| states[i].judged()).collect();
     let index_of: HashMap<&str, usize> = nodes
@@ -345,6 +346,27 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         let Some(table) = &nodes[i].table else {
             continue;
         };
+        // A node stopped with the run is judged on its table before the shutdown: peers it took
+        // out because *they* stopped with the run count as held (see `NodeLog::removed`).
+        let put_back = shutdown
+            .began
+            .filter(|_| states[i] == NodeState::StoppedWithRun)
+            .map(|began| {
+                nodes[i]
+                    .removed
+                    .iter()
+                    .filter(move |(_, t)| *t >= began)
+                    .filter_map(|(peer, _)| index_of.get(peer.as_str()).copied())
+                    .filter(|&j| states[j] == NodeState::StoppedWithRun)
+            })
+            .into_iter()
+            .flatten();
+        for j in put_back {
+            if j != i && tables[i].insert(j) {
+                seen_by[j] += 1;
+                live_in_table[i] += 1;
+            }
+        }
         for entry in &table.peers {
             let gone_since = match index_of.get(entry.peer_id.as_str()) {
                 Some(&j) if j == i => continue,
@@ -579,7 +601,7 @@ fn classify(
     nodes: &[&NodeLog],
     gap: Duration,
     shutdown_at: Option<Timestamp>,
-) -> (Vec<NodeState>, bool) {
+) -> (Vec<NodeState>, Shutdown) {
     let end_of_logs = nodes.iter().filter_map(|n| n.last_event).max();
     let down: Vec<bool> = nodes
         .iter()
@@ -601,7 +623,21 @@ fn classify(
             (true, _) => NodeState::Departed,
         })
         .collect();
-    (states, all_down)
+    (
+        states,
+        Shutdown {
+            began: wave_start,
+            all_down,
+        },
+    )
+}
+
+/// The run's own shutdown, as [`classify`] found it.
+struct Shutdown {
+    /// When it began (recorded, or guessed once every node is down).
+    began: Option<Timestamp>,
+    /// Every node is down: the live ones are judged on their state before the shutdown.
+    all_down: bool,
 }
 
 /// When the last wave of stops began: walking back from the last stop while stops are within
@@ -1379,5 +1415,54 @@ mod tests {
             "{:#?}",
             seen.failures
         );
+    }
+
+    fn removed(t: u64, peer: &str) -> Envelope {
+        envelope(
+            t,
+            Event::PeerRemoved {
+                peer_id: peer.to_owned(),
+                reason: "Connection refused".into(),
+                closest: true,
+            },
+        )
+    }
+
+    /// A shutdown wave, one node after another: each node still running takes the stopped ones
+    /// out of its table (the node's liveness rules) before it stops itself.
+    fn shutdown_one_by_one(record_removals: bool) -> Vec<Vec<Envelope>> {
+        let ids: Vec<String> = (0..4).map(id).collect();
+        let mut logs = full_network(4);
+        for (i, events) in logs.iter_mut().enumerate() {
+            let stop = 20 + 2 * i as u64;
+            let gone: Vec<&String> = ids[..i].iter().collect();
+            if record_removals {
+                events.extend(gone.iter().map(|p| removed(stop - 1, p)));
+            }
+            let left: Vec<String> = ids
+                .iter()
+                .filter(|p| **p != ids[i] && !gone.contains(p))
+                .cloned()
+                .collect();
+            events.push(table(stop - 1, &left));
+            events.push(stopping(stop));
+        }
+        logs
+    }
+
+    #[test]
+    fn peers_removed_because_they_stopped_with_the_run_still_count() {
+        let report = judge(shutdown_one_by_one(true), &CheckOptions::default());
+        assert!(report.judged_before_shutdown);
+        assert_eq!(report.departed, 0);
+        assert!(report.passed, "{:#?}", report.properties);
+    }
+
+    #[test]
+    fn entries_missing_without_a_recorded_removal_still_fail() {
+        // The same tables with no `peer_removed`: nothing says the entries left with the
+        // shutdown, and node 0 is in no final table.
+        let report = judge(shutdown_one_by_one(false), &CheckOptions::default());
+        assert_eq!(status(&report, PropertyId::Seen), Status::Fail);
     }
 }

@@ -267,6 +267,17 @@ pub enum Event {
         /// A peer this insertion evicted from a full bucket.
         evicted: Option<String>,
     },
+    /// The node took a peer out of its routing table because it is gone: a dial to it failed
+    /// (killed, restarted with another identity, paused, cut off). Entries for dead peers would
+    /// otherwise stay until their bucket needs the room.
+    PeerRemoved {
+        /// The peer.
+        peer_id: String,
+        /// The dial error that showed it gone.
+        reason: String,
+        /// Whether it was among the node's k closest (the node then looks for its replacements).
+        closest: bool,
+    },
     /// A peer connected and speaks Kademlia but no dialable address is known for it, so it was not
     /// added to the routing table (typically: identify has not answered yet, or never did).
     /// Reported once per peer until it is added.
@@ -335,6 +346,7 @@ impl Event {
             Event::DialFailed { .. } => "dial_failed",
             Event::Identified { .. } => "identified",
             Event::RoutingUpdated { .. } => "routing_updated",
+            Event::PeerRemoved { .. } => "peer_removed",
             Event::UnroutablePeer { .. } => "unroutable_peer",
             Event::BootstrapCompleted { .. } => "bootstrap_completed",
             Event::WalkCompleted { .. } => "walk_completed",
@@ -471,6 +483,11 @@ mod tests {
                 bucket: Some(255),
                 addresses: vec!["/ip4/10.0.0.2/tcp/4001".into()],
                 evicted: None,
+            },
+            Event::PeerRemoved {
+                peer_id: peer(),
+                reason: "Failed to negotiate transport protocol(s)".into(),
+                closest: true,
             },
             Event::UnroutablePeer { peer_id: peer() },
             Event::BootstrapCompleted {
