@@ -36,6 +36,16 @@ pub struct BenchArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     wave_gap: Duration,
 
+    /// After the idle sample, SIGKILL this share of the peers (`30%` or `0.3`) and measure how
+    /// the network heals: time until every live node holds its 20 closest live peers again, and
+    /// until no table holds a dead peer. Rows with churn are kept apart from those without.
+    #[arg(long, value_parser = testbed_check::verdict::parse_share)]
+    churn: Option<f64>,
+
+    /// How long to watch the network after the churn.
+    #[arg(long, default_value = "150s", value_parser = parse_duration)]
+    heal_window: Duration,
+
     /// Run even if the host's neighbour table looks too small.
     #[arg(long)]
     ignore_host_limits: bool,
@@ -88,6 +98,16 @@ pub struct Row {
     pub log_kb_per_node_min: Option<f64>,
     /// The checker's wall time on the saved logs (median of 3).
     pub checker_s: Option<f64>,
+    /// Share of the peers killed after the network formed (`--churn`); 0 for none.
+    pub churn_share: f64,
+    pub killed: usize,
+    /// From the first kill until every live node held all of its k closest live peers again
+    /// (replayed from the saved logs).
+    pub healed_s: Option<f64>,
+    /// From the first kill until no live table held a dead peer (live checker, every ~2 s).
+    pub stale_cleared_s: Option<f64>,
+    /// Stale entries left at the end of the window.
+    pub stale_left: Option<usize>,
     pub error: Option<String>,
 }
 
@@ -120,6 +140,11 @@ impl Default for Row {
             load_average: None,
             log_kb_per_node_min: None,
             checker_s: None,
+            churn_share: 0.0,
+            killed: 0,
+            healed_s: None,
+            stale_cleared_s: None,
+            stale_left: None,
             error: None,
         }
     }
@@ -188,12 +213,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             env: Vec::new(),
             settle: Some(args.settle),
             kind: "bench",
+            churn: args.churn.map(|share| run::Churn {
+                share,
+                window: args.heal_window,
+            }),
         };
         let outcome = run::execute(&spec, &docker).await;
         let mut row = measure(&outcome, peers).await;
         row.commit = commit(&root);
         row.date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
         row.waves = args.waves;
+        row.churn_share = args.churn.unwrap_or(0.0);
         row.wave_gap_s = if args.waves > 1 {
             args.wave_gap.as_secs_f64()
         } else {
@@ -225,14 +255,15 @@ fn with_earlier_rows(root: &Path, mut rows: Vec<Row>) -> Vec<Row> {
         .map(|b| b.rows)
         .unwrap_or_default();
     for old in earlier {
-        if !rows
-            .iter()
-            .any(|r| r.peers == old.peers && r.waves == old.waves)
-        {
+        if !rows.iter().any(|r| {
+            r.peers == old.peers && r.waves == old.waves && r.churn_share == old.churn_share
+        }) {
             rows.push(old);
         }
     }
-    rows.sort_by_key(|r| (r.waves, r.peers));
+    rows.sort_by(|a, b| {
+        (a.waves, a.churn_share > 0.0, a.peers).cmp(&(b.waves, b.churn_share > 0.0, b.peers))
+    });
     rows
 }
 
@@ -311,6 +342,16 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
         load_average: outcome.load_average,
         log_kb_per_node_min: minutes.map(|m| outcome.log_bytes as f64 / 1024.0 / nodes as f64 / m),
         checker_s: median(&checker),
+        churn_share: 0.0,
+        killed: outcome.churn.as_ref().map_or(0, |c| c.killed.len()),
+        healed_s: outcome.churn.as_ref().and_then(|c| {
+            let first = convergence.as_ref()?.first_start?;
+            let since = c.began?.millis_since(first);
+            let healed = convergence.as_ref()?.healed_after(since)?;
+            Some(healed as f64 / 1000.0)
+        }),
+        stale_cleared_s: outcome.churn.as_ref().and_then(|c| c.stale_cleared_s),
+        stale_left: outcome.churn.as_ref().map(|c| c.stale_left),
         error: outcome.error.clone(),
     }
 }
@@ -418,7 +459,7 @@ fn markdown(b: &Benchmarks) -> String {
     out.push_str(
         "|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for r in &b.rows {
+    for r in b.rows.iter().filter(|r| r.churn_share == 0.0) {
         out.push_str(&format!(
             "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} |\n",
             r.peers,
@@ -459,9 +500,63 @@ fn markdown(b: &Benchmarks) -> String {
          the whole run. *checker* is `testbed-check --logs runs/<run>/logs` on the saved logs, \
          median of three. Rows of earlier commands are kept, each with its commit.\n\n",
     );
+    let churned: Vec<&Row> = b.rows.iter().filter(|r| r.churn_share > 0.0).collect();
+    if !churned.is_empty() {
+        out.push_str(
+            "## Healing after churn\n\n`bench --churn 30%`: once the network formed and idled, \
+             that share of the peers is killed (SIGKILL, one container after another), and the \
+             network is watched for `--heal-window`.\n\n",
+        );
+        out.push_str(
+            "| peers | killed | commit | pass | k-closest 100 % again (s) | no stale entry (s) | stale left | dials / node median | idle CPU median | load |\n|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|\n",
+        );
+        for r in &churned {
+            out.push_str(&format!(
+                "| {} | {} ({:.0} %) | `{}` | {} | {} | {} | {} | {} | {} % | {} |\n",
+                r.peers,
+                r.killed,
+                r.churn_share * 100.0,
+                r.commit,
+                if r.passed { "✅" } else { "❌" },
+                num(r.healed_s, 1),
+                num(r.stale_cleared_s, 1),
+                r.stale_left.map_or("–".into(), |n| n.to_string()),
+                num(r.dials_median, 0),
+                num(r.cpu_idle_median_pct, 2),
+                num(r.load_average, 1),
+            ));
+        }
+        out.push_str(
+            "\nColumns: *k-closest 100 % again* is from the first kill until every live node held \
+             all of its 20 closest live peers, replayed from the saved logs (the dead count as \
+             departed once silent for three heartbeats, from their last event); *no stale entry* \
+             is from the first kill until no live node's table held a dead peer (the live \
+             checker, every ~2 s); *stale left* is what tables still held at the end.\n\n",
+        );
+    }
     out.push_str("## Targets\n\n");
-    let row = |n: usize| b.rows.iter().find(|r| r.peers == n && r.waves == 1);
-    let waves = |n: usize| b.rows.iter().find(|r| r.peers == n && r.waves > 1);
+    let row = |n: usize| {
+        b.rows
+            .iter()
+            .find(|r| r.peers == n && r.waves == 1 && r.churn_share == 0.0)
+    };
+    let waves = |n: usize| {
+        b.rows
+            .iter()
+            .find(|r| r.peers == n && r.waves > 1 && r.churn_share == 0.0)
+    };
+    let churn = |n: usize| churned.iter().find(|r| r.peers == n).copied();
+    let healed = |r: Option<&Row>| {
+        (
+            r.map(|r| {
+                r.healed_s.is_some_and(|s| s <= 60.0)
+                    && r.stale_cleared_s.is_some_and(|s| s <= 120.0)
+            }),
+            r.map(|r| format!("{} s / {} s", num(r.healed_s, 1), num(r.stale_cleared_s, 1))),
+        )
+    };
+    let (ok50c, at50c) = healed(churn(50));
+    let (ok300c, at300c) = healed(churn(300));
     let within_60 = |r: Option<&Row>| {
         (
             r.map(|r| r.all_closest_s.is_some_and(|s| s <= 60.0)),
@@ -488,6 +583,12 @@ fn markdown(b: &Benchmarks) -> String {
             at300w,
         ),
         ("the same, N = 1000", ok1000, at1000),
+        (
+            "after 30 % of the peers are killed, N = 50: every live node holds its 20 closest live peers again within 60 s, and no stale entry is older than 2 min",
+            ok50c,
+            at50c,
+        ),
+        ("the same, N = 300", ok300c, at300c),
         (
             "outbound dials per node ≤ 2× the 70 measured at 226e231, before the join fix, N = 300 (median)",
             row(300).and_then(|r| r.dials_median).map(|d| d <= 140.0),

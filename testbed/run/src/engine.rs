@@ -18,8 +18,8 @@ use anyhow::Context;
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    ListNetworksOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
 use testbed_check::source::{project_containers, short_name};
@@ -60,6 +60,19 @@ pub async fn wait_running(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Kills `containers` (SIGKILL: no final snapshot, no `node_stopping`, as a crash), one at a
+/// time like every stop (see the module docs). Returns what could not be killed.
+pub async fn kill(docker: &Docker, containers: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    for name in containers {
+        let options = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        if let Err(e) = docker.kill_container(name, Some(options)).await {
+            errors.push(format!("kill {name}: {e}"));
+        }
+    }
+    errors
 }
 
 /// What a teardown did and could not do.

@@ -261,6 +261,7 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
             env: Vec::new(),
             settle: None,
             kind: "up",
+            churn: None,
         };
         let outcome = run::execute(&spec, &docker).await;
         worst = worst.max(outcome.exit_code());

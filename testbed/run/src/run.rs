@@ -42,6 +42,32 @@ pub struct RunSpec {
     pub settle: Option<Duration>,
     /// What started the run (`up`, `bench`), for runs/history.jsonl.
     pub kind: &'static str,
+    /// Once the network formed (and idled, for benchmarks): kill some peers and watch it heal.
+    pub churn: Option<Churn>,
+}
+
+/// Churn after the network formed: SIGKILL `share` of the peers, then watch for `window`.
+#[derive(Debug, Clone, Copy)]
+pub struct Churn {
+    pub share: f64,
+    pub window: Duration,
+}
+
+/// How the network healed after [`Churn`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ChurnOutcome {
+    /// The containers killed.
+    pub killed: Vec<String>,
+    /// When the first was killed.
+    pub began: Option<testbed_events::Timestamp>,
+    /// Seconds from the first kill until every live node held all of its k closest live peers
+    /// again, as the live checker saw it (every ~2 s).
+    pub closest_healed_s: Option<f64>,
+    /// Seconds from the first kill until no live table held an entry for a dead peer.
+    pub stale_cleared_s: Option<f64>,
+    /// Stale entries left at the end of the window, and the longest any had lingered.
+    pub stale_left: usize,
+    pub stale_lingered_s: Option<f64>,
 }
 
 /// Peers started in `count` waves, `gap` apart (1: all at once).
@@ -94,6 +120,8 @@ pub struct RunOutcome {
     pub checked_at: Option<testbed_events::Timestamp>,
     /// What went wrong after the check: logs not saved, containers or networks not removed.
     pub cleanup_errors: Vec<String>,
+    /// Churn after the check (`--churn`), and how the network healed.
+    pub churn: Option<ChurnOutcome>,
     #[serde(skip)]
     pub report: Option<Report>,
     pub run_dir: PathBuf,
@@ -135,6 +163,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         shutdown_began: None,
         checked_at: None,
         cleanup_errors: Vec::new(),
+        churn: None,
         report: None,
         run_dir: run_dir.clone(),
     };
@@ -413,10 +442,98 @@ async fn bring_up_and_check(
             .collect();
         outcome.resources = after;
     }
-    let report = report.context("the checker never managed to read the logs")?;
+    let mut report = report.context("the checker never managed to read the logs")?;
+    if let Some(churn) = spec.churn.filter(|_| report.passed) {
+        let (healed, last) = churn_and_watch(spec, docker, &mut reader, churn).await?;
+        outcome.churn = Some(healed);
+        // The run is judged at the end of the window: after the churn, healed or not.
+        outcome.checked_at = Some(testbed_events::Timestamp::now());
+        report = last;
+    }
     outcome.passed = report.passed;
     outcome.report = Some(report);
     Ok(())
+}
+
+/// Kills `churn.share` of the peers (spread evenly over their numbers), then checks the live
+/// network every ~2 s for `churn.window`: when every live node again holds its k closest live
+/// peers, and when no table holds a dead peer any more. Returns that and the last report.
+async fn churn_and_watch(
+    spec: &RunSpec,
+    docker: &Docker,
+    reader: &mut Reader,
+    churn: Churn,
+) -> anyhow::Result<(ChurnOutcome, Report)> {
+    let mut peers: Vec<(u64, String)> =
+        testbed_check::source::project_containers(docker, &spec.project)
+            .await?
+            .into_iter()
+            .filter(|(_, running)| *running)
+            .filter_map(|(name, _)| {
+                let short = testbed_check::source::short_name(&name, &spec.project);
+                let number = short.strip_prefix("peer")?.trim_start_matches(['_', '-']);
+                Some((number.parse().ok()?, name))
+            })
+            .collect();
+    peers.sort_unstable();
+    let count = ((peers.len() as f64 * churn.share).round() as usize).min(peers.len());
+    let victims: Vec<String> = (0..count)
+        .map(|i| peers[i * peers.len() / count.max(1)].1.clone())
+        .collect();
+    say(&format!(
+        "churn: killing {count} of {} peers (SIGKILL), then watching for {}s",
+        peers.len(),
+        churn.window.as_secs()
+    ));
+    let mut outcome = ChurnOutcome {
+        began: Some(testbed_events::Timestamp::now()),
+        ..ChurnOutcome::default()
+    };
+    let began = Instant::now();
+    let errors = engine::kill(docker, &victims).await;
+    if !errors.is_empty() {
+        anyhow::bail!("churn: {}", errors.join("; "));
+    }
+    outcome.killed = victims;
+    let mut last = None;
+    let mut last_line = String::new();
+    while began.elapsed() < churn.window {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let Ok(r) = reader.check(&spec.check).await else {
+            continue;
+        };
+        let at = began.elapsed().as_secs_f64();
+        let whole = r.closest.of > 0 && r.closest.complete == r.closest.of;
+        if whole && outcome.closest_healed_s.is_none() {
+            outcome.closest_healed_s = Some(at);
+        }
+        if !whole {
+            outcome.closest_healed_s = None;
+        }
+        if r.stale.entries == 0 && outcome.stale_cleared_s.is_none() {
+            outcome.stale_cleared_s = Some(at);
+        }
+        if r.stale.entries > 0 {
+            outcome.stale_cleared_s = None;
+        }
+        let line = format!(
+            "  {} live · k-closest {}/{} · {} stale entries · {} s",
+            r.live,
+            r.closest.complete,
+            r.closest.of,
+            r.stale.entries,
+            began.elapsed().as_secs()
+        );
+        if line != last_line {
+            eprintln!("{line}");
+            last_line = line;
+        }
+        outcome.stale_left = r.stale.entries;
+        outcome.stale_lingered_s = r.stale.lingered_ms.map(|ms| ms as f64 / 1000.0);
+        last = Some(r);
+    }
+    let last = last.context("churn: the checker could not read the logs after the kills")?;
+    Ok((outcome, last))
 }
 
 fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
