@@ -355,16 +355,16 @@ impl<W: Write> EventLoop<W> {
                     }
                     _ => None,
                 };
-                let error = error_chain(&error);
+                let chain = error_chain(&error);
                 self.emit(Event::DialFailed {
                     peer_id: peer_id.map(|p| p.to_string()),
                     addr,
-                    error: error.clone(),
+                    error: chain.clone(),
                     attempt: None,
                     retry_in_ms: None,
                 });
                 if let Some(peer) = peer_id {
-                    self.on_dial_failure(peer, error);
+                    self.on_dial_failure(peer, &error, chain);
                 }
             }
             SwarmEvent::IncomingConnectionError {

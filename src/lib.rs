@@ -10,7 +10,8 @@
 //! * `main.rs`: the binary; parses flags, sets up stderr logging, calls [`run`], maps exit codes.
 //! * [`config`]: flags and their `KAD_…` environment variables.
 //! * [`identity`]: random or seed-derived keys.
-//! * [`behaviour`]: the one `NetworkBehaviour` (Kademlia + Identify + Ping).
+//! * [`behaviour`]: the one `NetworkBehaviour` (Kademlia + Identify + Ping + keep-alive).
+//! * [`keep_alive`]: keeps the connections to the k closest peers open, to notice when one dies.
 //! * [`event_loop`]: the one loop that owns the Swarm and turns what happens into events.
 //! * [`addrs`]: which advertised addresses are worth giving Kademlia.
 //! * [`emit`]: the one writer of stdout.

@@ -11,8 +11,14 @@
 //!    connected to. A killed peer's sockets close with its process, so its watchers notice
 //!    within a round trip; a paused or cut-off one fails its pings.
 //! 2. **Probe, then remove.** When the last connection to a table peer closes on an error, or
-//!    to a watched peer for any reason, the node dials it once. A failed dial to a table peer
-//!    (this probe, or any dial a lookup makes) removes it from the table (`peer_removed`).
+//!    to a watched peer for any reason, the node dials it once, [`PROBE_DELAY`] later. A dial
+//!    to a table peer (this probe, or any dial a lookup makes) that shows the peer gone removes
+//!    it from the table (`peer_removed`): refused, unreachable, timed out, or another peer at its
+//!    address ([`shows_gone`]). A dial that reached a process but failed its handshake does not:
+//!    measured in containers, both ends of a dropped connection probing each other at the same
+//!    instant meet in one TCP connection (simultaneous open from the same reused port), both
+//!    act as the Noise initiator, and the handshake fails with "input error" on both sides —
+//!    280 live peers were taken out that way at N = 50 before this rule.
 //! 3. **Replace a lost closest peer.** Removing one of the k closest schedules a self lookup a
 //!    moment later ([`RELOOKUP_DELAY`], so the losses of one churn event share one lookup): it
 //!    finds the peers that are now among the k closest, and tells them of this node.
@@ -29,7 +35,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use libp2p::PeerId;
+use libp2p::TransportError;
 use libp2p::kad::{self, KBucketKey};
+use libp2p::swarm::DialError;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use rand::Rng;
 use testbed_events::{Event, WalkTarget};
@@ -37,6 +45,10 @@ use tokio::time::Instant;
 
 use super::maintenance::Query;
 use super::{EventLoop, jittered};
+
+/// A probe waits a random moment of up to this long, so that the two ends of a dropped
+/// connection do not dial each other at the same instant (see rule 2).
+pub(super) const PROBE_DELAY: Duration = Duration::from_millis(2000);
 
 /// How often the node makes sure it is connected to each of its k closest peers.
 pub(super) const WATCH_INTERVAL: Duration = Duration::from_secs(20);
@@ -62,6 +74,8 @@ pub(super) struct Liveness {
     /// A sweep of the table, due after churn.
     pub(super) sweep_at: Option<Instant>,
     pub(super) last_sweep: Option<Instant>,
+    /// Probes waiting for their moment.
+    pub(super) probes: Vec<(Instant, PeerId)>,
 }
 
 impl Liveness {
@@ -69,6 +83,7 @@ impl Liveness {
         [self.watch_at, self.relookup_at, self.sweep_at]
             .into_iter()
             .flatten()
+            .chain(self.probes.iter().map(|(at, _)| *at))
     }
 }
 
@@ -101,6 +116,13 @@ impl<W: Write> EventLoop<W> {
 
     /// The liveness timers that are due.
     pub(super) fn on_liveness_timers(&mut self, now: Instant) {
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.liveness.probes)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.liveness.probes = later;
+        for (_, peer) in due {
+            self.probe(peer);
+        }
         if self.liveness.watch_at.is_some_and(|at| at <= now) {
             self.liveness.watch_at = jittered(now, WATCH_INTERVAL);
             self.update_watched();
@@ -158,7 +180,8 @@ impl<W: Write> EventLoop<W> {
     pub(super) fn on_disconnected(&mut self, peer: PeerId, on_error: bool) {
         let watched = self.swarm.behaviour().keep_alive.is_kept(&peer);
         if (watched || on_error) && self.in_table(&peer) {
-            self.probe(peer);
+            let delay = PROBE_DELAY.mul_f64(rand::thread_rng().gen_range(0.1..1.0));
+            self.liveness.probes.push((Instant::now() + delay, peer));
         }
     }
 
@@ -170,10 +193,10 @@ impl<W: Write> EventLoop<W> {
         }
     }
 
-    /// A dial to `peer` failed (rule 2): take it out of the table, and if it was among the k
-    /// closest, look for its replacement (rule 3) and sweep the table (rule 4).
-    pub(super) fn on_dial_failure(&mut self, peer: PeerId, reason: String) {
-        if self.swarm.is_connected(&peer) || !self.in_table(&peer) {
+    /// A dial to `peer` failed (rule 2): if that shows it gone, take it out of the table, and if
+    /// it was among the k closest, look for its replacement (rule 3) and sweep the table (rule 4).
+    pub(super) fn on_dial_failure(&mut self, peer: PeerId, error: &DialError, reason: String) {
+        if !shows_gone(error) || self.swarm.is_connected(&peer) || !self.in_table(&peer) {
             return;
         }
         let closest = self.closest_in_table().contains(&peer);
@@ -209,5 +232,74 @@ impl<W: Write> EventLoop<W> {
             .kad
             .kbucket(*peer)
             .is_some_and(|b| b.iter().any(|e| e.node.key.preimage() == peer))
+    }
+}
+
+/// Whether a failed dial shows the peer gone: its address refused or did not answer (the process
+/// or its host is gone), or another peer answered there (it restarted with a new identity).
+/// A dial that reached a process and then failed (a handshake or protocol error) shows nothing
+/// of the kind.
+///
+/// The socket's error sits deep in libp2p's wrappers (I/O error, transport timeout, DNS, two
+/// `Either`s), and `Either` hides its inner error from `source()`, so the chain cannot be walked
+/// to it; the error's debug form names the socket error's kind, and that is what is read.
+pub(super) fn shows_gone(error: &DialError) -> bool {
+    match error {
+        DialError::WrongPeerId { .. } | DialError::NoAddresses => true,
+        DialError::Transport(attempts) => attempts.iter().any(|(_, e)| match e {
+            TransportError::Other(e) => {
+                let debug = format!("{e:?}");
+                GONE.iter().any(|kind| {
+                    debug.contains(&format!("kind: {kind:?}"))
+                        || debug.contains(&format!("Kind({kind:?})"))
+                })
+            }
+            TransportError::MultiaddrNotSupported(_) => false,
+        }),
+        _ => false,
+    }
+}
+
+/// The socket errors that say nobody is there.
+const GONE: [std::io::ErrorKind; 5] = [
+    std::io::ErrorKind::ConnectionRefused,
+    std::io::ErrorKind::HostUnreachable,
+    std::io::ErrorKind::NetworkUnreachable,
+    std::io::ErrorKind::TimedOut,
+    std::io::ErrorKind::AddrNotAvailable,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::Multiaddr;
+
+    fn transport(e: std::io::Error) -> DialError {
+        let addr: Multiaddr = "/ip4/172.18.0.5/tcp/4001".parse().expect("addr");
+        DialError::Transport(vec![(addr, TransportError::Other(e))])
+    }
+
+    /// How libp2p's boxed transport hands over a socket error: wrapped, kind `Other`.
+    fn wrapped(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::other(std::io::Error::from(kind))
+    }
+
+    #[test]
+    fn refused_unreachable_and_timed_out_dials_show_the_peer_gone() {
+        for kind in GONE {
+            assert!(shows_gone(&transport(wrapped(kind))), "{kind:?}");
+            assert!(
+                shows_gone(&transport(std::io::Error::from(kind))),
+                "{kind:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_handshake_does_not() {
+        // What two nodes dialing each other at once got: a process answered.
+        let noise = std::io::Error::other("Handshake failed: input error");
+        assert!(!shows_gone(&transport(std::io::Error::other(noise))));
+        assert!(!shows_gone(&DialError::Aborted));
     }
 }

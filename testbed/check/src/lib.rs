@@ -99,7 +99,7 @@ impl Reader {
                 // guess it) and how many nodes it started.
                 if let Some(run) = recorded {
                     opts.shutdown_at = opts.shutdown_at.or(run.shutdown_began);
-                    opts.expect_nodes = opts.expect_nodes.or(run.peers.map(|p| p + 1));
+                    opts.expect_nodes = opts.expect_nodes.or(run.expected_nodes());
                 }
                 vec![&files]
             }

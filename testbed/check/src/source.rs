@@ -83,6 +83,24 @@ pub struct RecordedRun {
     pub peers: Option<usize>,
     /// When the live check ended: the instant the run's verdict judged.
     pub checked_at: Option<Timestamp>,
+    /// Peers the run killed on purpose (`bench --churn`): not expected among the live nodes.
+    pub churn: Option<RecordedChurn>,
+}
+
+/// The churn part of `run.json`.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct RecordedChurn {
+    pub killed: Vec<String>,
+}
+
+impl RecordedRun {
+    /// The live nodes the run expects at its end: the bootstrap and the peers, but for those it
+    /// killed.
+    pub fn expected_nodes(&self) -> Option<usize> {
+        let killed = self.churn.as_ref().map_or(0, |c| c.killed.len());
+        self.peers.map(|p| (p + 1).saturating_sub(killed))
+    }
 }
 
 /// The `run.json` of a run folder, if `path` is one (or its `logs/`) and it parses.
@@ -386,28 +404,8 @@ async fn read_container(
     container: &str,
     log: &mut ContainerLog,
 ) -> Result<(), SourceError> {
-    let mut options = LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(false)
-        .follow(false)
-        .timestamps(true)
-        .tail("all");
-    if let Some(until) = log.read_until {
-        // Docker's `since` has one-second resolution: ask from the whole second, skip what was
-        // read by comparing the full timestamps.
-        let secs = until
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
-    }
-    let mut stream = docker.logs(container, Some(options.build()));
-    let mut lines = FrameLines::default();
-    let take = |bytes: &[u8], log: &mut ContainerLog| {
-        let text = String::from_utf8_lossy(bytes);
-        let text = text.trim_end_matches(['\n', '\r']);
-        let (stamp, line) = text.split_once(' ').unwrap_or((text, ""));
-        let ts = humantime::parse_rfc3339_weak(stamp).ok();
+    let since = log.read_until;
+    container_lines(docker, container, since, false, |_, ts, line| {
         if let (Some(ts), Some(until)) = (ts, log.read_until)
             && ts <= until
         {
@@ -417,6 +415,51 @@ async fn read_container(
             log.read_until = ts;
         }
         log.ingest.push_line(&log.name, line);
+    })
+    .await
+}
+
+/// A container's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The node's events.
+    Stdout,
+    /// Its diagnostics.
+    Stderr,
+}
+
+/// The one reader of container logs (the checker's and the orchestrator's): calls `line` with
+/// each complete line of stdout (and of stderr, if asked), with Docker's timestamp, from `since`
+/// on (whole seconds: Docker's resolution, so the caller skips what it had by the timestamps).
+/// A container that went away while being read ends the stream quietly.
+pub async fn container_lines(
+    docker: &Docker,
+    container: &str,
+    since: Option<SystemTime>,
+    stderr: bool,
+    mut line: impl FnMut(Output, Option<SystemTime>, &str),
+) -> Result<(), SourceError> {
+    let mut options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(stderr)
+        .follow(false)
+        .timestamps(true)
+        .tail("all");
+    if let Some(since) = since {
+        let secs = since
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
+    }
+    let mut stream = docker.logs(container, Some(options.build()));
+    let mut outputs = [FrameLines::default(), FrameLines::default()];
+    let mut take = |output: Output, bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let (stamp, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let ts = humantime::parse_rfc3339_weak(stamp).ok();
+        line(output, ts, rest);
     };
     while let Some(frame) = stream.next().await {
         let frame = match frame {
@@ -427,15 +470,20 @@ async fn read_container(
             }) => break,
             Err(e) => return Err(SourceError::Docker(format!("logs of {container}: {e}"))),
         };
-        let bytes = match frame {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => message,
-            _ => continue,
+        let (output, bytes) = match frame {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                (Output::Stdout, message)
+            }
+            LogOutput::StdErr { message } => (Output::Stderr, message),
+            LogOutput::StdIn { .. } => continue,
         };
-        lines.push(&bytes, |line| take(line, log));
+        outputs[output as usize].push(&bytes, |l| take(output, l));
     }
-    if let Some(rest) = lines.rest() {
-        // A last line without its newline: the node was killed mid-write.
-        take(rest, log);
+    for output in [Output::Stdout, Output::Stderr] {
+        if let Some(rest) = outputs[output as usize].rest() {
+            // A last line without its newline: the node was killed mid-write.
+            take(output, rest);
+        }
     }
     Ok(())
 }
@@ -526,10 +574,25 @@ mod tests {
             shutdown_began: Timestamp::parse_rfc3339("2026-11-25T10:00:05.250Z").ok(),
             peers: Some(10),
             checked_at: None,
+            churn: None,
         });
         // From the run folder and from its logs/ alike.
         assert_eq!(recorded_run(run.path()), want);
         assert_eq!(recorded_run(&logs), want);
+        assert_eq!(
+            want.as_ref().and_then(RecordedRun::expected_nodes),
+            Some(11)
+        );
+        // A churn run expects the killed peers gone.
+        std::fs::write(
+            run.path().join("run.json"),
+            r#"{"peers":10,"churn":{"killed":["kt_peer_1","kt_peer_4"],"began":null}}"#,
+        )
+        .expect("write");
+        assert_eq!(
+            recorded_run(run.path()).and_then(|r| r.expected_nodes()),
+            Some(9)
+        );
         // A run left running records no shutdown.
         std::fs::write(run.path().join("run.json"), r#"{"shutdown_began":null}"#).expect("write");
         assert_eq!(

@@ -18,7 +18,7 @@
 //! arrays and objects. Peer ids are base58 strings, addresses are multiaddr strings.
 //!
 //! ```text
-//! {"v":1,"ts":"2026-11-25T10:00:00.012Z","type":"node_started","peer_id":"12D3KooW…","role":"peer","listen_addrs":["/ip4/172.18.0.3/tcp/4001"],"bootstrap":["/dns4/bootstrap/tcp/4001"],"agent_version":"kad-node/0.1.0","kad_protocol":"/ipfs/kad/1.0.0"}
+//! {"v":1,"ts":"2026-11-25T10:00:00.012Z","type":"node_started","peer_id":"12D3KooW…","role":"peer","listen_addrs":["/ip4/172.18.0.3/tcp/4001"],"bootstrap":["/dns4/bootstrap/tcp/4001"],"agent_version":"kad-node/0.1.0","kad_protocol":"/ipfs/kad/1.0.0","heartbeat_ms":30000}
 //! {"v":1,"ts":"2026-11-25T10:00:00.020Z","type":"dial_failed","peer_id":null,"addr":"/dns4/bootstrap/tcp/4001","error":"…","attempt":1,"retry_in_ms":200}
 //! {"v":1,"ts":"2026-11-25T10:00:00.240Z","type":"connection_established","peer_id":"12D3KooW…","remote_addr":"/ip4/172.18.0.2/tcp/4001","direction":"dialer","connections":1}
 //! {"v":1,"ts":"2026-11-25T10:00:00.245Z","type":"identified","peer_id":"12D3KooW…","agent_version":"kad-node/0.1.0","kad":true,"listen_addrs":["/ip4/127.0.0.1/tcp/4001","/ip4/172.18.0.2/tcp/4001"],"added_addrs":["/ip4/172.18.0.2/tcp/4001"]}
@@ -26,6 +26,7 @@
 //! {"v":1,"ts":"2026-11-25T10:00:01.250Z","type":"routing_table","reason":"changed","size":1,"peers":[{"peer_id":"12D3KooW…","bucket":255}]}
 //! {"v":1,"ts":"2026-11-25T10:00:01.300Z","type":"bootstrap_completed","trigger":"initial","ok":true,"duration_ms":1055,"error":null,"table_size":9}
 //! {"v":1,"ts":"2026-11-25T10:00:31.300Z","type":"walk_completed","target":"own","ok":true,"duration_ms":12,"peers_found":9,"table_size":9}
+//! {"v":1,"ts":"2026-11-25T10:02:10.400Z","type":"peer_removed","peer_id":"12D3KooW…","reason":"Failed to negotiate transport protocol(s): …: Connection refused (os error 111)","closest":true}
 //! {"v":1,"ts":"2026-11-25T10:05:00.000Z","type":"routing_table","reason":"shutdown","size":9,"peers":[…]}
 //! {"v":1,"ts":"2026-11-25T10:05:00.001Z","type":"node_stopping","reason":"SIGTERM","uptime_ms":300001}
 //! ```

@@ -17,6 +17,10 @@ use crate::compose::Compose;
 use crate::run::{self, RunOutcome, RunSpec};
 use crate::{ImageArgs, build_image, commit, engine, host, names, parse_duration, root};
 
+/// The shortest `--heal-window`: past the three 30 s heartbeats of silence after which the
+/// checker takes a killed node (no `node_stopping`) for gone in saved logs.
+const MIN_HEAL_WINDOW: Duration = Duration::from_secs(100);
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Network sizes to run, in peers besides the bootstrap node.
@@ -172,6 +176,14 @@ struct Benchmarks {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+    if args.churn.is_some() && args.heal_window < MIN_HEAL_WINDOW {
+        anyhow::bail!(
+            "--heal-window {}s is too short: the saved logs tell a killed node from a live one by \
+             three heartbeats (90 s) of silence, so give at least {}s",
+            args.heal_window.as_secs(),
+            MIN_HEAL_WINDOW.as_secs()
+        );
+    }
     let largest = args.peers.iter().copied().max().unwrap_or(0) + 1;
     for note in host::check_neighbour_table(largest, args.ignore_host_limits)?.notes {
         eprintln!("testbed: {note}");

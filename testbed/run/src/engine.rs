@@ -16,13 +16,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bollard::Docker;
-use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    KillContainerOptionsBuilder, ListNetworksOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+    StopContainerOptionsBuilder,
 };
 use futures::StreamExt;
-use testbed_check::source::{project_containers, short_name};
+use testbed_check::source::{Output, container_lines, project_containers, short_name};
 
 /// Containers handled at once for work that does not touch network endpoints (logs, removal of
 /// stopped containers, inspection).
@@ -173,7 +172,8 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
 }
 
 /// Saves each container's stdout (the events) to `dir/logs/<name>.log` and its stderr
-/// (diagnostics) to `dir/diag/<name>.log`. Returns the bytes of events saved.
+/// (diagnostics) to `dir/diag/<name>.log`, through the checker's reader
+/// ([`testbed_check::source::container_lines`]). Returns the bytes of events saved.
 pub async fn save_logs(docker: &Docker, project: &str, dir: &Path) -> anyhow::Result<u64> {
     let logs_dir = dir.join("logs");
     let diag_dir = dir.join("diag");
@@ -211,22 +211,24 @@ async fn save_one(
     };
     let mut out = create(out_path)?;
     let mut err = create(err_path)?;
-    let options = LogsOptionsBuilder::new()
-        .stdout(true)
-        .stderr(true)
-        .tail("all")
-        .build();
-    let mut stream = docker.logs(name, Some(options));
     let mut bytes = 0;
-    while let Some(frame) = stream.next().await {
-        match frame.with_context(|| format!("logs of {name}"))? {
-            LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                bytes += message.len() as u64;
-                out.write_all(&message)?;
+    let mut failed: Option<std::io::Error> = None;
+    container_lines(docker, name, None, true, |output, _, line| {
+        let file = match output {
+            Output::Stdout => {
+                bytes += line.len() as u64 + 1;
+                &mut out
             }
-            LogOutput::StdErr { message } => err.write_all(&message)?,
-            LogOutput::StdIn { .. } => {}
+            Output::Stderr => &mut err,
+        };
+        if let Err(e) = writeln!(file, "{line}") {
+            failed.get_or_insert(e);
         }
+    })
+    .await
+    .with_context(|| format!("logs of {name}"))?;
+    if let Some(e) = failed {
+        return Err(e).with_context(|| format!("cannot write {}", out_path.display()));
     }
     out.flush()?;
     err.flush()?;

@@ -250,9 +250,11 @@ async fn rejudge_saved_logs(outcome: &mut RunOutcome, run_dir: &Path, spec: &Run
     if outcome.report.is_none() || outcome.log_bytes == 0 {
         return;
     }
+    let killed = outcome.churn.as_ref().map_or(0, |c| c.killed.len());
     let opts = CheckOptions {
         shutdown_at: outcome.shutdown_began,
         at: outcome.checked_at.map(At::Time),
+        expect_nodes: spec.check.expect_nodes.map(|n| n.saturating_sub(killed)),
         ..spec.check.clone()
     };
     match testbed_check::read_and_check(&Source::Files(run_dir.join("logs")), &opts).await {
@@ -495,11 +497,19 @@ async fn churn_and_watch(
         anyhow::bail!("churn: {}", errors.join("; "));
     }
     outcome.killed = victims;
+    // The killed are gone for good: the run now expects that many fewer live nodes.
+    let check = CheckOptions {
+        expect_nodes: spec
+            .check
+            .expect_nodes
+            .map(|n| n.saturating_sub(outcome.killed.len())),
+        ..spec.check.clone()
+    };
     let mut last = None;
     let mut last_line = String::new();
     while began.elapsed() < churn.window {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let Ok(r) = reader.check(&spec.check).await else {
+        let Ok(r) = reader.check(&check).await else {
             continue;
         };
         let at = began.elapsed().as_secs_f64();
