@@ -249,16 +249,23 @@ pub(super) fn shows_gone(error: &DialError) -> bool {
         DialError::Transport(attempts) => attempts.iter().any(|(_, e)| match e {
             TransportError::Other(e) => {
                 let debug = format!("{e:?}");
-                GONE.iter().any(|kind| {
-                    debug.contains(&format!("kind: {kind:?}"))
-                        || debug.contains(&format!("Kind({kind:?})"))
-                })
+                // libp2p's own dial timeout (TransportTimeoutError::Timeout): nothing answered
+                // in time, as when the dead peer's address no longer resolves to a host.
+                e.to_string().contains(DIAL_TIMEOUT)
+                    || GONE.iter().any(|kind| {
+                        debug.contains(&format!("kind: {kind:?}"))
+                            || debug.contains(&format!("Kind({kind:?})"))
+                    })
             }
             TransportError::MultiaddrNotSupported(_) => false,
         }),
         _ => false,
     }
 }
+
+/// How libp2p's transport timeout reads (measured in containers: about half the dials to a
+/// killed peer end so, the others with "No route to host").
+const DIAL_TIMEOUT: &str = "Timeout has been reached";
 
 /// The socket errors that say nobody is there.
 const GONE: [std::io::ErrorKind; 5] = [

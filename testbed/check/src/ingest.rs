@@ -16,6 +16,13 @@ use testbed_events::{
 /// How many bad lines to quote in a report, in all.
 const MAX_SAMPLES: usize = 5;
 
+/// Whether a node that writes at least every `heartbeat` and last wrote at `last` has been
+/// silent for [`SILENT_HEARTBEATS`] of them by `now`.
+pub fn silent(heartbeat: Duration, last: Timestamp, now: Timestamp) -> bool {
+    let limit = heartbeat.saturating_mul(SILENT_HEARTBEATS);
+    u128::from(now.millis_since(last)) > limit.as_millis()
+}
+
 /// Heartbeats of silence after which a node that never said it stopped is taken to be down: the
 /// node's own health check allows three too (see the node's `--heartbeat`).
 pub const SILENT_HEARTBEATS: u32 = 3;
@@ -148,10 +155,7 @@ impl NodeLog {
     /// say how often it writes.
     pub fn silent_as_of(&self, now: Timestamp) -> bool {
         match (self.heartbeat, self.last_event) {
-            (Some(heartbeat), Some(last)) => {
-                let limit = heartbeat.saturating_mul(SILENT_HEARTBEATS);
-                u128::from(now.millis_since(last)) > limit.as_millis()
-            }
+            (Some(heartbeat), Some(last)) => silent(heartbeat, last, now),
             _ => false,
         }
     }

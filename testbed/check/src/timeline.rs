@@ -13,7 +13,7 @@ use serde::Serialize;
 use testbed_events::{Direction, Event, KadKey, Timestamp, kad_key, parse_line};
 
 use crate::closest::ClosestIndex;
-use crate::ingest::SILENT_HEARTBEATS;
+use crate::ingest::silent;
 use crate::source::SourceError;
 
 /// Convergence times of a run, in milliseconds since the last node started.
@@ -83,7 +83,7 @@ struct NodeHistory {
     key: Option<KadKey>,
     started: Timestamp,
     /// When this identity went down: its `node_stopping`, or its last event when the log went
-    /// on with a new `node_started`, or went silent (the verdict's rule, [`SILENT_HEARTBEATS`]).
+    /// on with a new `node_started`, or went silent (the verdict's rule, [`silent`]).
     down: Option<Timestamp>,
     last_event: Timestamp,
     heartbeat: Option<Duration>,
@@ -171,11 +171,8 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
     // Silent identities went down at their last event.
     if let Some(end) = last_event {
         for h in histories.values_mut().filter(|h| h.down.is_none()) {
-            if let Some(heartbeat) = h.heartbeat {
-                let limit = heartbeat.saturating_mul(SILENT_HEARTBEATS).as_millis();
-                if u128::from(end.millis_since(h.last_event)) > limit {
-                    h.down = Some(h.last_event);
-                }
+            if h.heartbeat.is_some_and(|hb| silent(hb, h.last_event, end)) {
+                h.down = Some(h.last_event);
             }
         }
     }
@@ -342,27 +339,15 @@ fn unsee(seen_by: &mut HashMap<u32, usize>, p: u32) {
     }
 }
 
-/// When the run's own shutdown began, if every identity went down: the last wave of downs, each
-/// within [`SHUTDOWN_GAP`] of the next, and never reaching back past a (re)start (the verdict's
-/// guess, for logs without a recorded moment).
+/// When the run's own shutdown began, if every identity went down: the verdict's guess
+/// ([`crate::verdict::wave_start`], with its default `--shutdown-gap`), for logs without a
+/// recorded moment.
 fn shutdown_wave(histories: &HashMap<u32, NodeHistory>) -> Option<Timestamp> {
     let downs: Option<Vec<Timestamp>> = histories.values().map(|h| h.down).collect();
-    let mut downs = downs?;
     let latest_start = histories.values().map(|h| h.started).max();
-    downs.sort_unstable_by(|a, b| b.cmp(a));
-    let gap = u64::try_from(SHUTDOWN_GAP.as_millis()).unwrap_or(u64::MAX);
-    let mut start = *downs.first()?;
-    for t in downs.into_iter().skip(1) {
-        if start.millis_since(t) > gap || latest_start.is_some_and(|s| t < s) {
-            break;
-        }
-        start = t;
-    }
-    Some(start)
+    let gap = crate::verdict::CheckOptions::default().shutdown_gap;
+    crate::verdict::wave_start(downs?, latest_start, gap)
 }
-
-/// The verdict's default `--shutdown-gap`.
-const SHUTDOWN_GAP: Duration = Duration::from_secs(10);
 
 /// At most about `max` points, evenly spread over time; for each stretch the last point (the
 /// state at its end), and always the final one.

@@ -640,21 +640,31 @@ struct Shutdown {
     all_down: bool,
 }
 
-/// When the last wave of stops began: walking back from the last stop while stops are within
-/// `gap` of each other, and never past the latest (re)start of any node.
+/// When the last wave of stops began (see [`wave_start`]).
 fn last_wave_of_stops(nodes: &[&NodeLog], gap: Duration) -> Timestamp {
     let latest_start = nodes.iter().filter_map(|n| n.started).max();
-    let mut downs: Vec<Timestamp> = nodes.iter().filter_map(|n| n.down_at()).collect();
+    let downs = nodes.iter().filter_map(|n| n.down_at()).collect();
+    wave_start(downs, latest_start, gap).unwrap_or_default()
+}
+
+/// When the last wave of `downs` began: walking back from the last one while they are within
+/// `gap` of each other, and never past `latest_start`, the latest (re)start of any node. The
+/// verdict's and the timeline's guess of a run's own shutdown.
+pub(crate) fn wave_start(
+    mut downs: Vec<Timestamp>,
+    latest_start: Option<Timestamp>,
+    gap: Duration,
+) -> Option<Timestamp> {
     downs.sort_unstable_by(|a, b| b.cmp(a));
     let gap_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX);
-    let mut start = downs.first().copied().unwrap_or_default();
+    let mut start = *downs.first()?;
     for t in downs.into_iter().skip(1) {
         if start.millis_since(t) > gap_ms || latest_start.is_some_and(|s| t < s) {
             break;
         }
         start = t;
     }
-    start
+    Some(start)
 }
 
 struct Closest {
