@@ -261,7 +261,6 @@ impl<W: Write> EventLoop<W> {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
                 if let Err(error) = e.result {
                     tracing::debug!(peer = %e.peer, %error, "ping failed");
-                    self.on_ping_failure(e.peer);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::KeepAlive(never)) => match never {},
@@ -294,6 +293,7 @@ impl<W: Write> EventLoop<W> {
                     connections: num_established.get(),
                 });
                 self.remotes.insert(connection_id, remote);
+                self.on_connected(&peer_id);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,

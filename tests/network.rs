@@ -320,17 +320,13 @@ fn production_node(extra: &[&str]) -> InProcessNode {
     InProcessNode::start(test_args(&[&PRODUCTION_TIMERS[..], extra].concat()))
 }
 
-/// More nodes than a k-bucket holds (the farthest bucket of each node gets about half the
-/// network), so nodes keep only some of their far peers — and still every node must end up
-/// holding its 20 XOR-closest peers, which is what lookups rely on. All join at once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
-    const NODES: usize = 48;
-    let _alone = BIG_NETWORK.lock().await;
+/// Starts a bootstrap node and `n - 1` joiners at once, with the production timers, and waits
+/// (90 s at most) until every node holds its 20 closest peers. Returns the nodes and their ids.
+async fn converged_network(n: usize) -> (Vec<InProcessNode>, Vec<String>) {
     let bootstrap = production_node(&["--key-seed", "0"]);
     let (_, addr) = bootstrap.started().await;
     let mut nodes = vec![bootstrap];
-    nodes.extend((1..NODES).map(|_| production_node(&["--bootstrap", &addr])));
+    nodes.extend((1..n).map(|_| production_node(&["--bootstrap", &addr])));
     let mut ids = Vec::new();
     for node in &nodes {
         ids.push(node.started().await.0);
@@ -342,6 +338,17 @@ async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
         Duration::from_secs(90),
     )
     .await;
+    (nodes, ids)
+}
+
+/// More nodes than a k-bucket holds (the farthest bucket of each node gets about half the
+/// network), so nodes keep only some of their far peers — and still every node must end up
+/// holding its 20 XOR-closest peers, which is what lookups rely on. All join at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
+    const NODES: usize = 48;
+    let _alone = BIG_NETWORK.lock().await;
+    let (nodes, _) = converged_network(NODES).await;
     // The buckets really were full somewhere: some table is smaller than the network.
     let smallest = nodes
         .iter()
@@ -403,21 +410,7 @@ async fn nodes_joining_one_by_one_are_learned_by_every_node_that_should_hold_the
 async fn after_thirty_percent_die_every_survivor_holds_its_closest_live_peers_and_no_dead_one() {
     const NODES: usize = 40;
     let _alone = BIG_NETWORK.lock().await;
-    let bootstrap = production_node(&["--key-seed", "0"]);
-    let (_, addr) = bootstrap.started().await;
-    let mut nodes = vec![bootstrap];
-    nodes.extend((1..NODES).map(|_| production_node(&["--bootstrap", &addr])));
-    let mut ids = Vec::new();
-    for node in &nodes {
-        ids.push(node.started().await.0);
-    }
-    wait_for_closest(
-        &nodes,
-        &ids,
-        std::time::Instant::now(),
-        Duration::from_secs(90),
-    )
-    .await;
+    let (nodes, ids) = converged_network(NODES).await;
 
     // Every third peer dies: 13 of 40.
     let mut survivors = Vec::new();

@@ -57,6 +57,8 @@ pub struct NodeLog {
     pub stopped: Option<(Timestamp, String)>,
     /// The Docker source saw the container not running (exited, dead…).
     pub container_exited: bool,
+    /// When the run killed it (recorded in `run.json` by `bench --churn`).
+    pub killed_at: Option<Timestamp>,
     /// The longest the node stays silent (`heartbeat_ms` of its `node_started`), if it said.
     pub heartbeat: Option<Duration>,
     /// Peers it had a connection with.
@@ -141,7 +143,7 @@ impl NodeLog {
 
     /// Whether the node said it was stopping or its container is not running.
     pub fn is_down(&self) -> bool {
-        self.stopped.is_some() || self.container_exited
+        self.stopped.is_some() || self.container_exited || self.killed_at.is_some()
     }
 
     /// Whether, as of `now` (the end of the logs read), the node is down: it said so, its
@@ -162,7 +164,11 @@ impl NodeLog {
 
     /// When the node went down: its `node_stopping`, else its last event.
     pub fn down_at(&self) -> Option<Timestamp> {
-        self.stopped.as_ref().map(|s| s.0).or(self.last_event)
+        self.stopped
+            .as_ref()
+            .map(|s| s.0)
+            .or(self.killed_at)
+            .or(self.last_event)
     }
 
     /// Applies one event.
@@ -335,6 +341,19 @@ impl Ingest {
             .entry(node.to_owned())
             .or_insert_with(|| NodeLog::new(node))
             .container_exited = exited;
+    }
+
+    /// Records that the run killed `node` at `at` (its latest incarnation, if it had started by
+    /// then); ignored when `at` is after the cutoff.
+    pub fn set_killed(&mut self, node: &str, at: Timestamp) {
+        if self.cutoff.is_some_and(|c| at > c) {
+            return;
+        }
+        if let Some(log) = self.nodes.get_mut(node)
+            && log.started.is_some_and(|s| s <= at)
+        {
+            log.killed_at = Some(at);
+        }
     }
 
     /// Takes in what another ingest read (of other nodes).

@@ -94,9 +94,12 @@ impl Reader {
             (None, Source::Files(path)) => {
                 let mut ingest = ingest::Ingest::until(cutoff);
                 source::read_files(path, &mut ingest)?;
-                files = ingest;
                 // A run folder saved by `testbed up` knows when its shutdown began (no need to
-                // guess it) and how many nodes it started.
+                // guess it), how many nodes it started, and which it killed when.
+                for (node, at) in recorded.iter().flat_map(source::RecordedRun::kills) {
+                    ingest.set_killed(node, at);
+                }
+                files = ingest;
                 if let Some(run) = recorded {
                     opts.shutdown_at = opts.shutdown_at.or(run.shutdown_began);
                     opts.expect_nodes = opts.expect_nodes.or(run.expected_nodes());

@@ -91,10 +91,25 @@ pub struct RecordedRun {
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
 #[serde(default)]
 pub struct RecordedChurn {
-    pub killed: Vec<String>,
+    pub killed: Vec<RecordedKill>,
+}
+
+/// A node the run killed, and when: a departure at that moment.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct RecordedKill {
+    /// Its name in the saved logs.
+    pub node: String,
+    pub at: Timestamp,
 }
 
 impl RecordedRun {
+    /// The nodes the run killed, by log name, with when.
+    pub fn kills(&self) -> impl Iterator<Item = (&str, Timestamp)> {
+        self.churn
+            .iter()
+            .flat_map(|c| c.killed.iter().map(|k| (k.node.as_str(), k.at)))
+    }
+
     /// The live nodes the run expects at its end: the bootstrap and the peers, but for those it
     /// killed.
     pub fn expected_nodes(&self) -> Option<usize> {
@@ -218,7 +233,7 @@ fn read_file(file: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
 }
 
 /// The node name for a file: its name without a log-ish extension.
-fn node_name(path: &Path) -> String {
+pub fn node_name(path: &Path) -> String {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -586,7 +601,10 @@ mod tests {
         // A churn run expects the killed peers gone.
         std::fs::write(
             run.path().join("run.json"),
-            r#"{"peers":10,"churn":{"killed":["kt_peer_1","kt_peer_4"],"began":null}}"#,
+            r#"{"peers":10,"churn":{"killed":[
+                {"node":"peer_1","container":"kt_peer_1","at":"2026-11-25T10:00:05.250Z"},
+                {"node":"peer_4","container":"kt_peer_4","at":"2026-11-25T10:00:05.350Z"}
+            ],"began":null}}"#,
         )
         .expect("write");
         assert_eq!(

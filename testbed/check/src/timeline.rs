@@ -101,6 +101,10 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
         let next = u32::try_from(ids.len()).unwrap_or(u32::MAX);
         *ids.entry(peer.to_owned()).or_insert(next)
     };
+    // Nodes the run killed (run.json), by log name: down at that moment.
+    let kills: HashMap<String, Timestamp> = crate::source::recorded_run(dir)
+        .map(|run| run.kills().map(|(n, at)| (n.to_owned(), at)).collect())
+        .unwrap_or_default();
     let mut histories: HashMap<u32, NodeHistory> = HashMap::new();
     let mut last_event: Option<Timestamp> = None;
     let mut outbound: Vec<u32> = Vec::new();
@@ -166,6 +170,12 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
         })?;
         if me.is_some() {
             outbound.push(dialed);
+        }
+        let name = crate::source::node_name(&path);
+        if let (Some(&at), Some(h)) = (kills.get(&name), me.and_then(|id| histories.get_mut(&id)))
+            && h.started <= at
+        {
+            h.down = Some(h.down.map_or(at, |d| d.min(at)));
         }
     }
     // Silent identities went down at their last event.

@@ -536,3 +536,35 @@ fn a_bad_at_is_a_usage_error_naming_the_flag() {
         );
     }
 }
+
+/// A node the run killed (`bench --churn` records it in run.json) is departed from that moment:
+/// its log just stops, and silence alone would tell only after three heartbeats.
+#[test]
+fn a_node_the_run_killed_is_departed_from_the_recorded_moment() {
+    let logs = Logs::copy_of("live-10");
+    let killed_at = logs.last_ts();
+    let folder = logs.path().join("run");
+    std::fs::create_dir_all(folder.join("logs")).expect("mkdir");
+    for entry in std::fs::read_dir(logs.path()).expect("dir") {
+        let path = entry.expect("entry").path();
+        if path.is_file() {
+            let name = path.file_name().expect("name");
+            std::fs::rename(&path, folder.join("logs").join(name)).expect("move");
+        }
+    }
+    let run = json!({
+        "peers": 10,
+        "churn": {"killed": [{"node": "peer_5", "container": "kt_peer_5", "at": killed_at}]}
+    });
+    std::fs::write(folder.join("run.json"), run.to_string()).expect("run.json");
+    let out = check(&folder, &[]);
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(out.says("10 nodes judged, 1 departed"), "{}", out.stdout);
+    assert!(out.says("PASS  10 nodes are live"), "{}", out.stdout);
+
+    // Without the record the same logs hold 11 live nodes, one more than the run expects.
+    std::fs::write(folder.join("run.json"), json!({"peers": 9}).to_string()).expect("run.json");
+    let out = check(&folder, &[]);
+    assert_eq!(out.code, Some(1), "{out:?}");
+    assert!(out.says("11 nodes judged, 0 departed"), "{}", out.stdout);
+}

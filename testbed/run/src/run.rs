@@ -53,11 +53,21 @@ pub struct Churn {
     pub window: Duration,
 }
 
+/// One node a run killed.
+#[derive(Debug, Clone, Serialize)]
+pub struct Killed {
+    /// Its name in the saved logs (`peer_4`).
+    pub node: String,
+    pub container: String,
+    pub at: testbed_events::Timestamp,
+}
+
 /// How the network healed after [`Churn`].
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChurnOutcome {
-    /// The containers killed.
-    pub killed: Vec<String>,
+    /// The nodes killed, each with when: the checker reads them from run.json as departures at
+    /// that moment (their logs just stop; silence alone would tell only 90 s later).
+    pub killed: Vec<Killed>,
     /// When the first was killed.
     pub began: Option<testbed_events::Timestamp>,
     /// Seconds from the first kill until every live node held all of its k closest live peers
@@ -492,11 +502,18 @@ async fn churn_and_watch(
         ..ChurnOutcome::default()
     };
     let began = Instant::now();
-    let errors = engine::kill(docker, &victims).await;
-    if !errors.is_empty() {
-        anyhow::bail!("churn: {}", errors.join("; "));
+    for container in victims {
+        let at = testbed_events::Timestamp::now();
+        let errors = engine::kill(docker, std::slice::from_ref(&container)).await;
+        if !errors.is_empty() {
+            anyhow::bail!("churn: {}", errors.join("; "));
+        }
+        outcome.killed.push(Killed {
+            node: testbed_check::source::short_name(&container, &spec.project).to_owned(),
+            container,
+            at,
+        });
     }
-    outcome.killed = victims;
     // The killed are gone for good: the run now expects that many fewer live nodes.
     let check = CheckOptions {
         expect_nodes: spec
