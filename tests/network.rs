@@ -437,10 +437,13 @@ async fn after_thirty_percent_die_every_survivor_holds_its_closest_live_peers_an
             })
             .collect()
     };
-    wait_for_closest(&survivors, &live_ids, killed, Duration::from_secs(60)).await;
+    // Backstops, not targets (those are in BENCHMARKS.md): a node's rules start once it settled
+    // (its table quiet for 20 s, seen at its next 10-30 s watch), then a dead peer is removed
+    // within a probe, and its replacement found by one lookup.
+    wait_for_closest(&survivors, &live_ids, killed, Duration::from_secs(120)).await;
     wait_for(
         "no survivor's table to hold a dead peer",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || holding_the_dead().is_empty().then_some(()),
         || holding_the_dead().join("\n"),
     )
