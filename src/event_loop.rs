@@ -56,6 +56,8 @@ pub struct Timers {
     pub table_debounce: Duration,
     pub heartbeat: Duration,
     pub dial_backoff_max: Duration,
+    /// Run the healing rules (`--heal`, liveness.rs).
+    pub heal: bool,
 }
 
 pub struct EventLoop<W: Write> {

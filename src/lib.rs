@@ -188,6 +188,7 @@ pub async fn run<W: Write>(
             table_debounce: args.table_debounce,
             heartbeat: args.heartbeat,
             dial_backoff_max: args.dial_backoff_max,
+            heal: args.heal,
         },
         args.health_file.clone(),
     );

@@ -322,11 +322,11 @@ fn production_node(extra: &[&str]) -> InProcessNode {
 
 /// Starts a bootstrap node and `n - 1` joiners at once, with the production timers, and waits
 /// (90 s at most) until every node holds its 20 closest peers. Returns the nodes and their ids.
-async fn converged_network(n: usize) -> (Vec<InProcessNode>, Vec<String>) {
-    let bootstrap = production_node(&["--key-seed", "0"]);
+async fn converged_network(n: usize, extra: &[&str]) -> (Vec<InProcessNode>, Vec<String>) {
+    let bootstrap = production_node(&[&["--key-seed", "0"], extra].concat());
     let (_, addr) = bootstrap.started().await;
     let mut nodes = vec![bootstrap];
-    nodes.extend((1..n).map(|_| production_node(&["--bootstrap", &addr])));
+    nodes.extend((1..n).map(|_| production_node(&[&["--bootstrap", &addr], extra].concat())));
     let mut ids = Vec::new();
     for node in &nodes {
         ids.push(node.started().await.0);
@@ -348,7 +348,7 @@ async fn converged_network(n: usize) -> (Vec<InProcessNode>, Vec<String>) {
 async fn with_full_buckets_every_node_still_holds_its_twenty_closest_peers() {
     const NODES: usize = 48;
     let _alone = BIG_NETWORK.lock().await;
-    let (nodes, _) = converged_network(NODES).await;
+    let (nodes, _) = converged_network(NODES, &[]).await;
     // The buckets really were full somewhere: some table is smaller than the network.
     let smallest = nodes
         .iter()
@@ -410,7 +410,7 @@ async fn nodes_joining_one_by_one_are_learned_by_every_node_that_should_hold_the
 async fn after_thirty_percent_die_every_survivor_holds_its_closest_live_peers_and_no_dead_one() {
     const NODES: usize = 40;
     let _alone = BIG_NETWORK.lock().await;
-    let (nodes, ids) = converged_network(NODES).await;
+    let (nodes, ids) = converged_network(NODES, &["--heal"]).await;
 
     // Every third peer dies: 13 of 40.
     let mut survivors = Vec::new();

@@ -36,7 +36,8 @@
 //!    that a network's nodes do not sweep at once), the node dials every table peer it is not
 //!    connected to, and rule 2 removes the dead.
 //!
-//! None of it runs until the node has **settled**: its join finished (joiners) and its table
+//! None of it runs unless the node was started with `--heal` (`KAD_HEAL`), and not until it has
+//! **settled**: its join finished (joiners) and its table
 //! went [`SETTLE_QUIET`] without a change. Measured at N = 300 on 2 cores: with the rules on
 //! from the start, the watch dials and kept connections of 300 joining nodes overloaded the
 //! bootstrap node, identify timed out, and 71 joiners never got a peer.
@@ -164,7 +165,7 @@ impl<W: Write> EventLoop<W> {
                 .liveness
                 .table_changed
                 .is_none_or(|at| now.duration_since(at) >= SETTLE_QUIET);
-            if !self.liveness.settled && joined && quiet {
+            if !self.liveness.settled && self.timers.heal && joined && quiet {
                 self.liveness.settled = true;
                 tracing::info!("settled: watching the closest peers from now on");
             }

@@ -210,7 +210,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 expect_nodes: Some(peers + 1),
                 ..CheckOptions::default()
             },
-            env: Vec::new(),
+            // The node heals only when asked (`--heal`); a churn benchmark measures that.
+            env: if args.churn.is_some() {
+                vec![("KAD_HEAL".into(), "true".into())]
+            } else {
+                Vec::new()
+            },
             settle: Some(args.settle),
             kind: "bench",
             churn: args.churn.map(|share| run::Churn {
