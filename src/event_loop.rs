@@ -320,7 +320,6 @@ impl<W: Write> EventLoop<W> {
                         tracing::warn!(addr = %t.addr, "bootstrap connection closed before joining; dialing again");
                     }
                 }
-                let on_error = cause.is_some();
                 self.emit(Event::ConnectionClosed {
                     peer_id: peer_id.to_string(),
                     remote_addr: endpoint.get_remote_address().to_string(),
@@ -328,7 +327,7 @@ impl<W: Write> EventLoop<W> {
                     cause: cause.map(|e| error_chain(&e)),
                 });
                 if num_established == 0 {
-                    self.on_disconnected(peer_id, on_error);
+                    self.on_disconnected(peer_id);
                 }
             }
             SwarmEvent::OutgoingConnectionError {
