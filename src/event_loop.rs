@@ -263,6 +263,7 @@ impl<W: Write> EventLoop<W> {
             SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => {
                 if let Err(error) = e.result {
                     tracing::debug!(peer = %e.peer, %error, "ping failed");
+                    self.on_ping_failed(e.peer, e.connection);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::KeepAlive(never)) => match never {},

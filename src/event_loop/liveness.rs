@@ -9,8 +9,9 @@
 //! 1. **Watch the k closest.** The connections to the node's k closest table peers stay open
 //!    (`keep_alive.rs`), and every [`WATCH_INTERVAL`] the node dials any of them it is not
 //!    connected to. A killed peer's sockets close with its process, so its watchers notice
-//!    within a round trip. (A paused or cut-off peer keeps its connection up until TCP gives
-//!    up; it is found when next dialed.)
+//!    within a round trip. A paused or cut-off peer keeps its TCP connection up for many
+//!    minutes; its ping fails (`--ping-interval` plus libp2p's 20 s ping timeout), and the node
+//!    closes that connection, which rule 2 then treats as broken.
 //! 2. **Probe, then remove.** When the last connection to a watched peer closes, the node
 //!    dials it once, [`PROBE_DELAY`] later. A dial
 //!    to a table peer (this probe, or any dial a lookup makes) that shows the peer gone removes
@@ -40,6 +41,14 @@
 //!    that a network's nodes do not sweep at once), the node dials every table peer it is not
 //!    connected to, and rule 2 removes the dead.
 //!
+//! 5. **Look again when an unanswering peer is back.** A watched peer removed because it stopped
+//!    answering may be cut off rather than dead, so it is dialed again at its last addresses
+//!    ([`LOST_RECHECK`], doubling, [`LOST_PROBES`] times). A peer removed that way, or one whose
+//!    dial timed out (rule 2), that is reached again is evidence that a cut healed: the node
+//!    runs a self lookup ([`RELOOKUP_DELAY`] later), which finds the closest peers it lost
+//!    across the cut. Without this, two halves of a partition each drop the other side from
+//!    their tables, and nothing ever dials across again: the split would be permanent.
+//!
 //! None of it runs unless the node was started with `--heal` (`KAD_HEAL`), and not until it has
 //! **settled**: its join finished (joiners) and its table
 //! went [`SETTLE_QUIET`] without a change. Measured at N = 300 on 2 cores: with the rules on
@@ -53,11 +62,11 @@ use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
-use libp2p::PeerId;
 use libp2p::TransportError;
 use libp2p::kad::{self, KBucketKey};
-use libp2p::swarm::DialError;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{ConnectionId, DialError};
+use libp2p::{Multiaddr, PeerId};
 use rand::Rng;
 use testbed_events::{Event, Role, WalkTarget};
 use tokio::time::Instant;
@@ -87,6 +96,14 @@ pub(super) const SUSPECT_RECHECK: Duration = Duration::from_secs(20);
 /// Dials again after timeouts, at most.
 const SUSPECT_PROBES: u32 = 3;
 
+/// A peer removed for not answering is dialed again this long after, then after twice, four
+/// and eight times as long (7.5 min in all): long enough to outlast a typical cut, short enough
+/// that a dead peer costs a handful of dials.
+pub(super) const LOST_RECHECK: Duration = Duration::from_secs(30);
+
+/// Dials of a lost peer, at most.
+const LOST_PROBES: u32 = 4;
+
 /// How long a node's table must go without a change before the liveness rules start.
 pub(super) const SETTLE_QUIET: Duration = Duration::from_secs(20);
 
@@ -109,6 +126,11 @@ pub(super) struct Liveness {
     pub(super) suspects: HashMap<PeerId, u32>,
     /// Watched peers whose kept connection broke, until they are reached again (rule 2).
     pub(super) broken: HashSet<PeerId>,
+    /// Peers removed because they stopped answering, with their addresses and how many times
+    /// they were dialed since (rule 5).
+    pub(super) lost: HashMap<PeerId, (Vec<Multiaddr>, u32)>,
+    /// When to dial each lost peer next.
+    pub(super) lost_probes: Vec<(Instant, PeerId)>,
     /// The node has settled: the rules run (see the module docs). Once set, stays set.
     pub(super) settled: bool,
     /// When the table last changed.
@@ -121,6 +143,7 @@ impl Liveness {
             .into_iter()
             .flatten()
             .chain(self.probes.iter().map(|(at, _)| *at))
+            .chain(self.lost_probes.iter().map(|(at, _)| *at))
     }
 }
 
@@ -162,6 +185,13 @@ impl<W: Write> EventLoop<W> {
         self.liveness.probes = later;
         for (_, peer) in due {
             self.probe(peer);
+        }
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.liveness.lost_probes)
+            .into_iter()
+            .partition(|(at, _)| *at <= now);
+        self.liveness.lost_probes = later;
+        for (_, peer) in due {
+            self.probe_lost(peer, now);
         }
         if self.liveness.watch_at.is_some_and(|at| at <= now) {
             self.liveness.watch_at = jittered(now, WATCH_INTERVAL);
@@ -249,9 +279,27 @@ impl<W: Write> EventLoop<W> {
         }
     }
 
+    /// A ping on `connection` failed. A watched peer's connection is closed then (rule 1): a
+    /// peer that is paused or cut off leaves its TCP connection up for many minutes, and only
+    /// the ping notices. Closing it makes it a broken watched connection, so the probe decides.
+    pub(super) fn on_ping_failed(&mut self, peer: PeerId, connection: ConnectionId) {
+        if self.liveness.settled && self.swarm.behaviour().keep_alive.is_kept(&peer) {
+            tracing::info!(%peer, "ping to a watched peer failed; closing the connection");
+            self.swarm.close_connection(connection);
+        }
+    }
+
     /// A connection to `peer` is up: whatever it was suspected of, it is alive.
     pub(super) fn on_connected(&mut self, peer: &PeerId) {
-        self.liveness.suspects.remove(peer);
+        // A peer that did not answer is back: the network may have been cut and joined again,
+        // and closest peers lost meanwhile can be found once more (rule 5).
+        let was_lost = self.liveness.lost.remove(peer).is_some();
+        if (self.liveness.suspects.remove(peer).is_some() || was_lost) && self.liveness.settled {
+            tracing::info!(%peer, "an unanswering peer is back; looking up the closest again");
+            self.liveness
+                .relookup_at
+                .get_or_insert(Instant::now() + RELOOKUP_DELAY);
+        }
         self.liveness.broken.remove(peer);
     }
 
@@ -263,7 +311,9 @@ impl<W: Write> EventLoop<W> {
         }
         let now = Instant::now();
         let broken = self.liveness.broken.contains(&peer);
-        match dial_verdict(error) {
+        let verdict = dial_verdict(error);
+        let broken_no_answer = verdict == DialVerdict::NoAnswer;
+        match verdict {
             DialVerdict::Reached => return,
             // Its kept connection broke and now nothing answers: both ends of the evidence.
             DialVerdict::NoAnswer if broken => {}
@@ -284,9 +334,15 @@ impl<W: Write> EventLoop<W> {
             return;
         }
         self.liveness.suspects.remove(&peer);
-        self.liveness.broken.remove(&peer);
+        let unanswered = self.liveness.broken.remove(&peer) && broken_no_answer;
         let closest = self.closest_in_table().contains(&peer);
-        self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        let removed = self.swarm.behaviour_mut().kad.remove_peer(&peer);
+        if let Some(entry) = removed.filter(|_| unanswered) {
+            // It may be cut off rather than dead: dial it now and then (rule 5).
+            let addrs = entry.node.value.into_vec();
+            self.liveness.lost.insert(peer, (addrs, 0));
+            self.liveness.lost_probes.push((now + LOST_RECHECK, peer));
+        }
         self.table_changed();
         self.emit(Event::PeerRemoved {
             peer_id: peer.to_string(),
@@ -308,6 +364,33 @@ impl<W: Write> EventLoop<W> {
             let (low, high) = SWEEP_DELAY;
             let delay = rand::thread_rng().gen_range(low..high);
             self.liveness.sweep_at = Some(now + delay);
+        }
+    }
+
+    /// Dials a peer removed for not answering (rule 5), at its last known addresses; schedules
+    /// the next dial, each wait twice the last, [`LOST_PROBES`] times in all.
+    fn probe_lost(&mut self, peer: PeerId, now: Instant) {
+        let Some((addrs, tries)) = self.liveness.lost.get_mut(&peer) else {
+            return;
+        };
+        *tries += 1;
+        let tries = *tries;
+        let addrs = addrs.clone();
+        if tries < LOST_PROBES {
+            let wait = LOST_RECHECK * 2u32.pow(tries);
+            self.liveness.lost_probes.push((now + wait, peer));
+        } else {
+            self.liveness.lost.remove(&peer);
+        }
+        if self.swarm.is_connected(&peer) {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .build();
+        if let Err(error) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, %error, "lost-peer dial not started");
         }
     }
 
