@@ -72,6 +72,11 @@ impl<Id: Copy + Eq + Hash + Ord> ClosestIndex<Id> {
         affected
     }
 
+    /// The k of "k closest".
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
     /// The k closest live peers of `id` (fewer when fewer are live), nearest first.
     pub fn of(&self, id: Id) -> impl Iterator<Item = Id> + '_ {
         self.closest.get(&id).into_iter().flatten().map(|(_, p)| *p)

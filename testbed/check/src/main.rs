@@ -115,6 +115,7 @@ fn main() -> ExitCode {
         shutdown_gap: cli.shutdown_gap,
         shutdown_at: cli.shutdown_at,
         at: cli.at,
+        across: None,
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -35,6 +35,16 @@ pub struct CheckOptions {
     pub shutdown_at: Option<Timestamp>,
     /// Judge the network as it stood at this instant (`--at`), not at the end of the logs.
     pub at: Option<At>,
+    /// Two groups of nodes that must hold each other ([`PropertyId::Across`]): after a
+    /// partition heals, say.
+    pub across: Option<Across>,
+}
+
+/// Two named groups of nodes, by log name (`bootstrap`, `peer_3`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Across {
+    pub a: (String, Vec<String>),
+    pub b: (String, Vec<String>),
 }
 
 /// An instant to judge (`--at`).
@@ -70,6 +80,7 @@ impl Default for CheckOptions {
             shutdown_gap: Duration::from_secs(10),
             shutdown_at: None,
             at: None,
+            across: None,
         }
     }
 }
@@ -143,6 +154,9 @@ pub enum PropertyId {
     FullMesh,
     /// At least `--closest-threshold` of live nodes hold all of their k closest live peers.
     Closest,
+    /// Every live node of group A holds those of its k closest live peers that are in group B,
+    /// and the other way round (scenarios: the two sides of a partition hold each other again).
+    Across,
 }
 
 impl PropertyId {
@@ -154,6 +168,7 @@ impl PropertyId {
             PropertyId::Tables => "tables",
             PropertyId::FullMesh => "full_mesh",
             PropertyId::Closest => "closest",
+            PropertyId::Across => "across",
         }
     }
 }
@@ -454,6 +469,9 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         opts.closest_k,
         opts.closest_threshold,
     ));
+    if let Some(across) = &opts.across {
+        properties.push(held_across(&ctx, &closest.index, &tables, across));
+    }
 
     if judged.is_empty() {
         let why = if nodes.is_empty() {
@@ -668,6 +686,8 @@ pub(crate) fn wave_start(
 }
 
 struct Closest {
+    /// Each keyed judged node's k closest judged peers.
+    index: ClosestIndex<usize>,
     found: Vec<usize>,
     wanted: Vec<usize>,
     complete: usize,
@@ -720,6 +740,7 @@ fn closest_coverage(
     };
     let mean = if n == 0 { 0.0 } else { coverage_sum / n as f64 };
     Closest {
+        index,
         found,
         wanted,
         complete,
@@ -980,6 +1001,86 @@ fn closest_peers(ctx: &Context, closest: &Closest, k: usize, threshold: f64) -> 
         ),
         closest.complete,
         judged.len(),
+        failures,
+        true,
+    )
+}
+
+/// [`PropertyId::Across`]: every live node of each group holds those of its k closest live peers
+/// that are in the other group.
+fn held_across(
+    ctx: &Context,
+    index: &ClosestIndex<usize>,
+    tables: &[HashSet<usize>],
+    across: &Across,
+) -> PropertyResult {
+    let group_of = |i: usize| {
+        let name = ctx.nodes[i].name.as_str();
+        if across.a.1.iter().any(|n| n == name) {
+            Some(0)
+        } else if across.b.1.iter().any(|n| n == name) {
+            Some(1)
+        } else {
+            None
+        }
+    };
+    let names = [across.a.0.as_str(), across.b.0.as_str()];
+    let mut failures = Vec::new();
+    let (mut holds, mut of) = (0, 0);
+    for &i in ctx.judged {
+        let Some(g) = group_of(i) else { continue };
+        of += 1;
+        let wanted: Vec<usize> = index
+            .of(i)
+            .filter(|&j| group_of(j) == Some(1 - g))
+            .collect();
+        let missing: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|j| !tables[i].contains(j))
+            .collect();
+        if missing.is_empty() {
+            holds += 1;
+            continue;
+        }
+        let mut who: Vec<&str> = missing
+            .iter()
+            .map(|&j| ctx.nodes[j].name.as_str())
+            .collect();
+        who.sort_unstable();
+        let more = who.len().saturating_sub(5);
+        who.truncate(5);
+        failures.push(format!(
+            "{} ({}): holds {} of the {} of its closest live peers that are in {}; missing {}{}",
+            label(ctx.nodes[i]),
+            names[g],
+            wanted.len() - missing.len(),
+            wanted.len(),
+            names[1 - g],
+            who.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ));
+    }
+    if of == 0 {
+        failures.push(format!(
+            "no live node of {} or {} to judge",
+            names[0], names[1]
+        ));
+    }
+    property(
+        PropertyId::Across,
+        format!(
+            "the nodes of {} and {} hold each other (those of their {} closest in the other group)",
+            names[0],
+            names[1],
+            index.k()
+        ),
+        holds,
+        of,
         failures,
         true,
     )
@@ -1280,6 +1381,48 @@ mod tests {
             status(&judge(full_network(4), &mesh), PropertyId::FullMesh),
             Status::Pass
         );
+    }
+
+    #[test]
+    fn across_holds_only_when_each_side_holds_its_closest_of_the_other() {
+        // Six nodes, k = 2, split into n0..n2 and n3..n5.
+        let ids: Vec<String> = (0..6).map(id).collect();
+        let across = Across {
+            a: ("a".into(), (0..3).map(|i| format!("n{i}")).collect()),
+            b: ("b".into(), (3..6).map(|i| format!("n{i}")).collect()),
+        };
+        let opts = CheckOptions {
+            closest_k: 2,
+            across: Some(across),
+            ..CheckOptions::default()
+        };
+        let merged = judge(full_network(6), &opts);
+        assert_eq!(status(&merged, PropertyId::Across), Status::Pass);
+        assert_eq!(merged.property(PropertyId::Across).expect("judged").of, 6);
+
+        // Each side holds only its own half: whoever has a closest peer on the other side misses it.
+        let cut: Vec<Vec<Envelope>> = (0..6)
+            .map(|i| {
+                let side = if i < 3 { 0..3 } else { 3..6 };
+                let own: Vec<String> = side.filter(|&j| j != i).map(|j| ids[j].clone()).collect();
+                vec![started(0, &ids[i]), table(1, &own)]
+            })
+            .collect();
+        let report = judge(cut, &opts);
+        let across = report.property(PropertyId::Across).expect("judged");
+        assert_eq!(across.status, Status::Fail);
+        assert!(!report.passed);
+        assert!(
+            across
+                .failures
+                .iter()
+                .any(|f| f.contains("that are in b; missing n")),
+            "{:?}",
+            across.failures
+        );
+        // Without the option the property is not judged at all.
+        let plain = judge(full_network(6), &CheckOptions::default());
+        assert!(plain.property(PropertyId::Across).is_none());
     }
 
     #[test]

@@ -222,6 +222,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 share,
                 window: args.heal_window,
             }),
+            scenario: None,
         };
         let outcome = run::execute(&spec, &docker).await;
         let mut row = measure(&outcome, peers).await;

@@ -10,6 +10,8 @@
 //! * `image.rs`: building the image from a local static binary or from source.
 //! * `host.rs`: host limits (the neighbour table) checked, and raised where allowed.
 //! * `bench.rs`: runs at several sizes and writes BENCHMARKS.md.
+//! * `scenario/`: faults as code: the scenario file, playing its timeline, judging expectations.
+//! * `faults.rs`: network faults from outside the nodes — the one place that needs privilege.
 //! * `flaky.rs`: runs any command K times: pass rate with a confidence interval, timings.
 //! * `history.rs`: `runs/history.jsonl`, one line per run; `up --repeat` and `history` summaries.
 //!
@@ -19,11 +21,13 @@
 mod bench;
 mod compose;
 mod engine;
+mod faults;
 mod flaky;
 mod history;
 mod host;
 mod image;
 mod run;
+mod scenario;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -85,6 +89,12 @@ struct UpArgs {
     /// Number of peers besides the bootstrap node (1–10000).
     #[arg(long, default_value_t = 10, value_parser = parse_peers)]
     peers: usize,
+
+    /// Play a scenario (compose/scenarios/*.toml): its size, groups, and timeline of faults,
+    /// each step's expectations judged live. Exit 0 if every expectation held, 1 if one failed,
+    /// 2 if the run failed. A file with a mistake starts nothing (exit 2).
+    #[arg(long, value_name = "FILE", conflicts_with = "peers")]
+    scenario: Option<PathBuf>,
 
     /// Run name, the folder under runs/ [default: up-<time>-<peers>p].
     #[arg(long)]
@@ -200,7 +210,23 @@ pub fn default_up_timeout(peers: usize) -> Duration {
     Duration::from_secs(60 + peers as u64)
 }
 
-async fn up(args: UpArgs) -> anyhow::Result<u8> {
+async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
+    let root = root();
+    // The scenario is read and checked, and its privileges with it, before anything starts.
+    let scenario = match &args.scenario {
+        Some(path) => {
+            let scenario = scenario::file::load(path)?;
+            if scenario.needs_network_faults() {
+                faults::preflight(scenario.needs_delay()).await?;
+            }
+            args.peers = scenario.peers;
+            args.name = args.name.or(Some(scenario.name.clone()));
+            args.overlays
+                .extend(scenario.overlays.iter().map(|o| root.join(o)));
+            Some(scenario)
+        }
+        None => None,
+    };
     let nodes = args.peers + 1;
     // Compose runs in the workspace root: resolve overlays against where the user is.
     let overlays = args
@@ -221,7 +247,6 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
     let docker = testbed_check::source::connect_docker().await?;
     let compose = Compose::detect()?;
     build_image(&args.image)?;
-    let root = root();
     let commit = commit(&root);
     let mut entries = Vec::new();
     let mut worst = 0;
@@ -258,10 +283,11 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
                 expect_nodes: Some(nodes),
                 ..CheckOptions::default()
             },
-            env: Vec::new(),
+            env: scenario.as_ref().map(scenario_env).unwrap_or_default(),
             settle: None,
-            kind: "up",
+            kind: if scenario.is_some() { "scenario" } else { "up" },
             churn: None,
+            scenario: scenario.clone(),
         };
         let outcome = run::execute(&spec, &docker).await;
         worst = worst.max(outcome.exit_code());
@@ -277,6 +303,15 @@ async fn up(args: UpArgs) -> anyhow::Result<u8> {
         );
     }
     Ok(worst)
+}
+
+/// The nodes' environment a scenario asks for.
+fn scenario_env(s: &scenario::file::Scenario) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = s.env.clone().into_iter().collect();
+    if s.heal {
+        env.push(("KAD_HEAL".into(), "true".into()));
+    }
+    env
 }
 
 fn show_history() -> anyhow::Result<u8> {

@@ -14,6 +14,8 @@ use testbed_check::{CheckOptions, Reader, Report, Source, report};
 use crate::compose::Compose;
 use crate::engine::{self, NodeResources, Teardown};
 use crate::history;
+use crate::scenario::file::Scenario;
+use crate::scenario::{self, ScenarioOutcome, Stage};
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -44,6 +46,8 @@ pub struct RunSpec {
     pub kind: &'static str,
     /// Once the network formed (and idled, for benchmarks): kill some peers and watch it heal.
     pub churn: Option<Churn>,
+    /// Once the network formed: play this scenario (`up --scenario`).
+    pub scenario: Option<Scenario>,
 }
 
 /// Churn after the network formed: SIGKILL `share` of the peers, then watch for `window`.
@@ -130,8 +134,11 @@ pub struct RunOutcome {
     pub checked_at: Option<testbed_events::Timestamp>,
     /// What went wrong after the check: logs not saved, containers or networks not removed.
     pub cleanup_errors: Vec<String>,
-    /// Churn after the check (`--churn`), and how the network healed.
+    /// Churn after the check (`--churn`), and how the network healed. Its `killed` lists every
+    /// node the run killed, by `--churn` or by a scenario.
     pub churn: Option<ChurnOutcome>,
+    /// The scenario played (`up --scenario`): each step and each expectation's verdict.
+    pub scenario: Option<ScenarioOutcome>,
     #[serde(skip)]
     pub report: Option<Report>,
     pub run_dir: PathBuf,
@@ -143,6 +150,13 @@ impl RunOutcome {
     pub fn exit_code(&self) -> u8 {
         if !self.cleanup_errors.is_empty() {
             return 2;
+        }
+        // A scenario is judged by its expectations (the network must form first).
+        if let Some(scenario) = &self.scenario {
+            return match (&self.error, scenario.failure_code()) {
+                (Some(_), _) => 2,
+                (None, code) => code.unwrap_or(0),
+            };
         }
         match (&self.report, &self.error) {
             (Some(r), None) if r.passed => 0,
@@ -174,6 +188,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         checked_at: None,
         cleanup_errors: Vec::new(),
         churn: None,
+        scenario: None,
         report: None,
         run_dir: run_dir.clone(),
     };
@@ -264,7 +279,12 @@ async fn rejudge_saved_logs(outcome: &mut RunOutcome, run_dir: &Path, spec: &Run
     let opts = CheckOptions {
         shutdown_at: outcome.shutdown_began,
         at: outcome.checked_at.map(At::Time),
-        expect_nodes: spec.check.expect_nodes.map(|n| n.saturating_sub(killed)),
+        // A scenario adds, stops and pauses nodes: its expectations say how many should be live.
+        expect_nodes: spec
+            .check
+            .expect_nodes
+            .filter(|_| spec.scenario.is_none())
+            .map(|n| n.saturating_sub(killed)),
         ..spec.check.clone()
     };
     match testbed_check::read_and_check(&Source::Files(run_dir.join("logs")), &opts).await {
@@ -367,6 +387,7 @@ async fn bring_up_and_check(
         }
     });
     tokio::try_join!(up, waiting)?;
+    let all_running = Instant::now();
     let up_seconds = started.elapsed().as_secs_f64();
     outcome.up_seconds = Some(up_seconds);
     say(&format!(
@@ -453,6 +474,40 @@ async fn bring_up_and_check(
             })
             .collect();
         outcome.resources = after;
+    }
+    if let Some(scenario) = &spec.scenario {
+        let formed = report.as_ref().is_some_and(|r| r.passed);
+        let played = if formed {
+            let mut stage = Stage {
+                spec,
+                docker,
+                reader: &mut reader,
+                files: &files,
+                env: &env,
+                compose_log: &log,
+                t0: all_running,
+            };
+            scenario::play(scenario, &mut stage).await
+        } else {
+            say("the network did not form: the scenario's steps do not run");
+            ScenarioOutcome::not_played(scenario)
+        };
+        if !played.killed.is_empty() {
+            outcome.churn = Some(ChurnOutcome {
+                killed: played.killed.clone(),
+                ..ChurnOutcome::default()
+            });
+        }
+        outcome.scenario = Some(played);
+        if formed {
+            // The run's own report: the network as the scenario left it.
+            outcome.checked_at = Some(testbed_events::Timestamp::now());
+            let after = CheckOptions {
+                expect_nodes: None,
+                ..spec.check.clone()
+            };
+            report = reader.check(&after).await.ok().or(report);
+        }
     }
     let mut report = report.context("the checker never managed to read the logs")?;
     if let Some(churn) = spec.churn.filter(|_| report.passed) {
@@ -593,6 +648,17 @@ fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
                 relative(&run_dir.join("report.html"), &spec.root)
             )),
             Err(e) => eprintln!("testbed: cannot write report.html: {e}"),
+        }
+    }
+    if let Some(played) = &outcome.scenario {
+        let text = scenario::human(played);
+        print!("{text}");
+        let _ = std::fs::write(run_dir.join("scenario.txt"), &text);
+        if let Ok(json) = serde_json::to_string_pretty(played) {
+            let _ = std::fs::write(run_dir.join("scenario.json"), json);
+        }
+        if let Ok(xml) = scenario::junit(played) {
+            let _ = std::fs::write(run_dir.join("scenario-junit.xml"), xml);
         }
     }
     if let Some(e) = &outcome.error {

@@ -1,0 +1,243 @@
+//! Judging one expectation from samples of the live network: a pure state machine, so that
+//! "holds within T" and "holds throughout T" mean the same in every report and can be tested
+//! without Docker.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use testbed_check::Report;
+use testbed_check::verdict::{PropertyId, Status};
+
+use super::file::{Hold, Property};
+
+/// What became of an expectation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "verdict")]
+pub enum Verdict {
+    /// Still being sampled.
+    Pending,
+    /// It held: `within` since the first instant it held, `throughout` at every sample.
+    Pass {
+        /// `within`: from the step to the first sample where it held (the healing time).
+        held_after_s: Option<f64>,
+    },
+    Fail {
+        /// `throughout`: the first sample where it did not hold; `within`: the deadline.
+        at_s: f64,
+        reasons: Vec<String>,
+    },
+}
+
+/// One expectation being judged.
+#[derive(Debug, Clone)]
+pub struct Judge {
+    pub hold: Hold,
+    pub verdict: Verdict,
+    pub samples: usize,
+    /// The reasons of the latest sample where it did not hold.
+    last_reasons: Vec<String>,
+}
+
+impl Judge {
+    pub fn new(hold: Hold) -> Self {
+        Self {
+            hold,
+            verdict: Verdict::Pending,
+            samples: 0,
+            last_reasons: Vec::new(),
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.verdict != Verdict::Pending
+    }
+
+    /// A sample taken `since` after the step: whether the property held, and why not.
+    pub fn observe(&mut self, since: Duration, held: Result<(), Vec<String>>) {
+        if self.done() {
+            return;
+        }
+        self.samples += 1;
+        let at_s = since.as_secs_f64();
+        match (self.hold, held) {
+            (Hold::Within(limit), Ok(())) if since <= limit => {
+                self.verdict = Verdict::Pass {
+                    held_after_s: Some(at_s),
+                }
+            }
+            (Hold::Within(_), Ok(())) => self.expire(since),
+            (Hold::Within(limit), Err(reasons)) => {
+                self.last_reasons = reasons;
+                if since >= limit {
+                    self.expire(since);
+                }
+            }
+            (Hold::Throughout(_), Err(reasons)) => {
+                self.verdict = Verdict::Fail { at_s, reasons };
+            }
+            (Hold::Throughout(window), Ok(())) if since >= window => {
+                self.verdict = Verdict::Pass { held_after_s: None }
+            }
+            (Hold::Throughout(_), Ok(())) => {}
+        }
+    }
+
+    /// No sample could be taken (the logs were unreadable) at `since`: only the deadline counts.
+    pub fn tick(&mut self, since: Duration) {
+        let limit = match self.hold {
+            Hold::Within(d) | Hold::Throughout(d) => d,
+        };
+        if !self.done() && since >= limit {
+            if self.samples == 0 {
+                self.last_reasons = vec!["no sample of the network could be read".into()];
+                self.verdict = Verdict::Fail {
+                    at_s: since.as_secs_f64(),
+                    reasons: self.last_reasons.clone(),
+                };
+            } else {
+                self.expire(since);
+            }
+        }
+    }
+
+    fn expire(&mut self, since: Duration) {
+        let mut reasons = vec![format!(
+            "did not hold within {}",
+            humantime::format_duration(match self.hold {
+                Hold::Within(d) | Hold::Throughout(d) => d,
+            })
+        )];
+        reasons.extend(self.last_reasons.iter().cloned());
+        self.verdict = match self.hold {
+            Hold::Within(_) => Verdict::Fail {
+                at_s: since.as_secs_f64(),
+                reasons,
+            },
+            // Every sample of the window held (a failing one ends it at once).
+            Hold::Throughout(_) => Verdict::Pass { held_after_s: None },
+        };
+    }
+
+    /// When the judge needs no more samples, measured from the step.
+    pub fn deadline(&self) -> Duration {
+        match self.hold {
+            Hold::Within(d) | Hold::Throughout(d) => d,
+        }
+    }
+}
+
+/// Whether `property` holds in `report`, and if not, why (the checker's own failure lines).
+pub fn holds(property: &Property, report: &Report) -> Result<(), Vec<String>> {
+    let by_id = |id: PropertyId| match report.property(id) {
+        Some(p) if p.status == Status::Pass => Ok(()),
+        Some(p) => Err(if p.failures.is_empty() {
+            vec![p.title.clone()]
+        } else {
+            p.failures.iter().take(6).cloned().collect()
+        }),
+        None => Err(vec![format!("{id} was not judged")]),
+    };
+    match property {
+        Property::Seen => by_id(PropertyId::Seen),
+        Property::Tables => by_id(PropertyId::Tables),
+        Property::FullMesh => by_id(PropertyId::FullMesh),
+        Property::Across(..) => by_id(PropertyId::Across),
+        Property::Closest(min) => {
+            if report.closest.of > 0 && report.closest.share + 1e-9 >= *min {
+                Ok(())
+            } else {
+                Err(vec![format!(
+                    "{} (wanted ≥ {:.0} %)",
+                    report.closest.sentence(),
+                    min * 100.0
+                )])
+            }
+        }
+        Property::NodeCount(n) => {
+            if report.live == *n {
+                Ok(())
+            } else {
+                Err(vec![format!(
+                    "{} nodes live ({} departed), expected {n}",
+                    report.live, report.departed
+                )])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: u64) -> Duration {
+        Duration::from_secs(secs)
+    }
+
+    fn no() -> Result<(), Vec<String>> {
+        Err(vec!["peer_3 misses peer_7".into()])
+    }
+
+    #[test]
+    fn within_passes_at_the_first_sample_that_holds_and_says_when() {
+        let mut j = Judge::new(Hold::Within(s(60)));
+        j.observe(s(2), no());
+        j.observe(s(4), no());
+        assert!(!j.done());
+        j.observe(s(6), Ok(()));
+        assert_eq!(
+            j.verdict,
+            Verdict::Pass {
+                held_after_s: Some(6.0)
+            }
+        );
+        // Later samples change nothing.
+        j.observe(s(8), no());
+        assert!(matches!(j.verdict, Verdict::Pass { .. }));
+    }
+
+    /// The case that proves it can fail: a property that never comes back.
+    #[test]
+    fn within_fails_at_the_deadline_with_the_last_reason() {
+        let mut j = Judge::new(Hold::Within(s(10)));
+        j.observe(s(4), no());
+        j.observe(s(10), no());
+        match &j.verdict {
+            Verdict::Fail { at_s, reasons } => {
+                assert_eq!(*at_s, 10.0);
+                assert_eq!(reasons[0], "did not hold within 10s");
+                assert_eq!(reasons[1], "peer_3 misses peer_7");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Holding only after the deadline is still a failure.
+        let mut late = Judge::new(Hold::Within(s(10)));
+        late.observe(s(12), Ok(()));
+        assert!(matches!(late.verdict, Verdict::Fail { .. }));
+    }
+
+    #[test]
+    fn throughout_fails_at_the_first_sample_that_does_not_hold() {
+        let mut j = Judge::new(Hold::Throughout(s(30)));
+        j.observe(s(2), Ok(()));
+        j.observe(s(4), no());
+        assert!(matches!(j.verdict, Verdict::Fail { at_s, .. } if at_s == 4.0));
+
+        let mut ok = Judge::new(Hold::Throughout(s(30)));
+        for t in (2..=30).step_by(2) {
+            ok.observe(s(t), Ok(()));
+        }
+        assert_eq!(ok.verdict, Verdict::Pass { held_after_s: None });
+    }
+
+    #[test]
+    fn no_readable_sample_by_the_deadline_is_a_failure() {
+        let mut j = Judge::new(Hold::Throughout(s(10)));
+        j.tick(s(5));
+        assert!(!j.done());
+        j.tick(s(10));
+        assert!(
+            matches!(&j.verdict, Verdict::Fail { reasons, .. } if reasons[0].contains("no sample"))
+        );
+    }
+}

@@ -1,0 +1,745 @@
+//! Scenarios: faults as code. A TOML file (`compose/scenarios/*.toml`) declares the network's
+//! size, named groups of nodes and a timeline of steps; each step does something to the network
+//! and may expect a property of the checker to hold within a time, or throughout a window.
+//!
+//! * `file.rs`: the file format, read and checked before anything starts.
+//! * `judge.rs`: one expectation judged from samples of the live network (pure).
+//! * this file: playing the timeline against a running compose project, and the report.
+//!
+//! How a run goes (`testbed up --scenario FILE`, see `run.rs`): the network comes up and must
+//! form first (the ordinary check). The scenario clock starts when every container runs; a step
+//! with `at` runs at that time after it (or at once, if the formation took longer; the report
+//! shows both), a step with `after` that long after the previous step finished. A step's
+//! expectations are judged right after its action, every ~2 s, through the same checker as
+//! everything else, and the next step waits until they are decided. So "healed within 60 s" is
+//! the time from the fault (or the heal) to the first sample in which the property held again.
+//!
+//! Container actions go through the Docker Engine API; network ones through `faults.rs`, from
+//! outside the nodes.
+
+pub mod file;
+pub mod judge;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bollard::Docker;
+use bollard::query_parameters::{
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use serde::Serialize;
+use testbed_check::verdict::Across;
+use testbed_check::{CheckOptions, Reader};
+
+use crate::engine;
+use crate::faults::{self, Faults};
+use crate::run::{Killed, RunSpec};
+use file::{Action, Hold, Peers, Property, Scenario, When};
+use judge::{Judge, Verdict};
+
+/// How often the network is sampled while expectations are pending.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+
+/// What the scenario did and found: written to `runs/<name>/scenario.json` (and `.txt`,
+/// `-junit.xml`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioOutcome {
+    pub name: String,
+    pub file: PathBuf,
+    pub description: String,
+    /// Whether the network formed before the first step (if not, no step ran).
+    pub formed: bool,
+    pub steps: Vec<StepOutcome>,
+    /// Every expectation held (and the network formed).
+    pub passed: bool,
+    /// What the steps did to the network's links, and how.
+    pub faults_applied: Vec<String>,
+    #[serde(skip)]
+    pub killed: Vec<Killed>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub number: usize,
+    pub action: String,
+    /// `at` steps: when it was due, seconds after every node started.
+    pub due_s: Option<f64>,
+    /// When it ran, seconds after every node started.
+    pub started_s: f64,
+    /// When it ran (wall clock, as the node logs' timestamps).
+    pub at: Option<testbed_events::Timestamp>,
+    /// How long the action itself took.
+    pub took_s: f64,
+    /// The containers it acted on (short names).
+    pub nodes: Vec<String>,
+    pub expectations: Vec<ExpectOutcome>,
+    /// The action failed: the run stops here (exit 2).
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ExpectOutcome {
+    pub property: String,
+    pub hold: String,
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub samples: usize,
+}
+
+impl ExpectOutcome {
+    pub fn passed(&self) -> bool {
+        matches!(self.verdict, Verdict::Pass { .. })
+    }
+}
+
+impl ScenarioOutcome {
+    pub fn not_played(scenario: &Scenario) -> Self {
+        Self {
+            name: scenario.name.clone(),
+            file: scenario.path.clone(),
+            description: scenario.description.clone(),
+            formed: false,
+            steps: Vec::new(),
+            passed: false,
+            faults_applied: Vec::new(),
+            killed: Vec::new(),
+        }
+    }
+
+    /// 1 if an expectation failed or the network never formed, 2 if a step could not be done.
+    pub fn failure_code(&self) -> Option<u8> {
+        if self.steps.iter().any(|s| s.error.is_some()) {
+            Some(2)
+        } else if !self.passed {
+            Some(1)
+        } else {
+            None
+        }
+    }
+}
+
+/// The compose project being played on.
+pub struct Stage<'a> {
+    pub spec: &'a RunSpec,
+    pub docker: &'a Docker,
+    pub reader: &'a mut Reader,
+    /// Compose files and environment, to add peers.
+    pub files: &'a [PathBuf],
+    pub env: &'a [(String, String)],
+    pub compose_log: &'a Path,
+    /// When every container of the initial network ran: the scenario's clock.
+    pub t0: Instant,
+}
+
+impl std::fmt::Debug for Stage<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stage")
+            .field("project", &self.spec.project)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Plays every step, judging each step's expectations before the next. Stops at the first step
+/// whose action fails (recorded in its outcome).
+pub async fn play(scenario: &Scenario, stage: &mut Stage<'_>) -> ScenarioOutcome {
+    let mut outcome = ScenarioOutcome::not_played(scenario);
+    outcome.formed = true;
+    let mut faults = Faults::default();
+    let mut peers = stage.spec.peers;
+    let groups = match resolve(scenario, stage).await {
+        Ok(g) => g,
+        Err(e) => {
+            outcome.steps.push(StepOutcome {
+                number: 0,
+                action: "resolve groups".into(),
+                due_s: None,
+                started_s: stage.t0.elapsed().as_secs_f64(),
+                at: Some(testbed_events::Timestamp::now()),
+                took_s: 0.0,
+                nodes: Vec::new(),
+                expectations: Vec::new(),
+                error: Some(format!("{e:#}")),
+            });
+            return outcome;
+        }
+    };
+    let mut previous_end = Instant::now();
+    for step in &scenario.steps {
+        let due = match step.when {
+            When::At(d) => stage.t0 + d,
+            When::After(d) => previous_end + d,
+        };
+        tokio::time::sleep_until(due.into()).await;
+        let started = Instant::now();
+        say(&format!(
+            "step {} at {:.1} s: {}",
+            step.number,
+            started.duration_since(stage.t0).as_secs_f64(),
+            step.action.describe()
+        ));
+        let mut record = StepOutcome {
+            number: step.number,
+            action: step.action.describe(),
+            due_s: matches!(step.when, When::At(_))
+                .then(|| due.duration_since(stage.t0).as_secs_f64()),
+            started_s: started.duration_since(stage.t0).as_secs_f64(),
+            at: Some(testbed_events::Timestamp::now()),
+            took_s: 0.0,
+            nodes: Vec::new(),
+            expectations: Vec::new(),
+            error: None,
+        };
+        let done = act(
+            &step.action,
+            &groups,
+            stage,
+            &mut faults,
+            &mut peers,
+            &mut outcome,
+        )
+        .await;
+        record.took_s = started.elapsed().as_secs_f64();
+        match done {
+            Ok(nodes) => record.nodes = nodes,
+            Err(e) => {
+                let message = format!("{e:#}");
+                eprintln!("  step {} failed: {message}", step.number);
+                record.error = Some(message);
+                outcome.steps.push(record);
+                outcome.passed = false;
+                return outcome;
+            }
+        }
+        let acted = Instant::now();
+        record.expectations = expect(step, &groups, stage, acted).await;
+        previous_end = Instant::now();
+        outcome.steps.push(record);
+    }
+    outcome.passed = outcome
+        .steps
+        .iter()
+        .all(|s| s.error.is_none() && s.expectations.iter().all(ExpectOutcome::passed));
+    outcome
+}
+
+/// Each declared group's containers, from the containers running when the scenario starts.
+/// `all` is resolved again at every step (peers may have been added).
+async fn resolve(
+    scenario: &Scenario,
+    stage: &Stage<'_>,
+) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
+    let (bootstrap, peers) = members(stage).await?;
+    let mut out = BTreeMap::new();
+    for (name, group) in &scenario.groups {
+        let mut containers: Vec<String> = match &group.peers {
+            Peers::All => continue,
+            Peers::None => Vec::new(),
+            Peers::Count(n) => peers.iter().take(*n).map(|(_, c)| c.clone()).collect(),
+            Peers::Share(share) => {
+                let count = ((peers.len() as f64 * share).round() as usize).clamp(1, peers.len());
+                (0..count)
+                    .map(|i| peers[i * peers.len() / count].1.clone())
+                    .collect()
+            }
+            Peers::Numbers(numbers) => numbers
+                .iter()
+                .map(|n| {
+                    peers
+                        .iter()
+                        .find(|(p, _)| p == n)
+                        .map(|(_, c)| c.clone())
+                        .with_context(|| format!("group `{name}`: no running container peer {n}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        };
+        if group.bootstrap {
+            containers.extend(bootstrap.iter().cloned());
+        }
+        if containers.is_empty() {
+            bail!("group `{name}` is empty: no such container runs");
+        }
+        out.insert(name.clone(), containers);
+    }
+    Ok(out)
+}
+
+/// The running bootstrap container, and the running peers by number.
+async fn members(stage: &Stage<'_>) -> anyhow::Result<(Option<String>, Vec<(usize, String)>)> {
+    let project = &stage.spec.project;
+    let containers = testbed_check::source::project_containers(stage.docker, project).await?;
+    let mut bootstrap = None;
+    let mut peers = Vec::new();
+    for (name, running) in containers {
+        if !running {
+            continue;
+        }
+        let short = testbed_check::source::short_name(&name, project);
+        if short.starts_with("bootstrap") {
+            bootstrap = Some(name.clone());
+        } else if let Some(n) = short
+            .strip_prefix("peer")
+            .map(|r| r.trim_start_matches(['_', '-']))
+            .and_then(|r| r.parse().ok())
+        {
+            peers.push((n, name));
+        }
+    }
+    peers.sort_unstable();
+    Ok((bootstrap, peers))
+}
+
+async fn containers_of(
+    group: &str,
+    groups: &BTreeMap<String, Vec<String>>,
+    stage: &Stage<'_>,
+) -> anyhow::Result<Vec<String>> {
+    if group == "all" {
+        let (bootstrap, peers) = members(stage).await?;
+        return Ok(bootstrap
+            .into_iter()
+            .chain(peers.into_iter().map(|(_, c)| c))
+            .collect());
+    }
+    groups
+        .get(group)
+        .cloned()
+        .with_context(|| format!("unknown group `{group}`"))
+}
+
+fn short(stage: &Stage<'_>, container: &str) -> String {
+    testbed_check::source::short_name(container, &stage.spec.project).to_owned()
+}
+
+/// Does one step's action; returns the containers it acted on (short names).
+async fn act(
+    action: &Action,
+    groups: &BTreeMap<String, Vec<String>>,
+    stage: &mut Stage<'_>,
+    faults: &mut Faults,
+    peers: &mut usize,
+    outcome: &mut ScenarioOutcome,
+) -> anyhow::Result<Vec<String>> {
+    let docker = stage.docker;
+    let group_targets = |containers: Vec<String>| async move {
+        let mut targets = Vec::new();
+        for c in &containers {
+            targets.push(faults::target(docker, c).await?);
+        }
+        anyhow::Ok(targets)
+    };
+    let acted: Vec<String> = match action {
+        Action::Kill(g) => {
+            let containers = containers_of(g, groups, stage).await?;
+            for c in &containers {
+                let at = testbed_events::Timestamp::now();
+                let errors = engine::kill(docker, std::slice::from_ref(c)).await;
+                if let Some(e) = errors.first() {
+                    bail!("{e}");
+                }
+                outcome.killed.push(Killed {
+                    node: short(stage, c),
+                    container: c.clone(),
+                    at,
+                });
+            }
+            containers
+        }
+        Action::Stop(g) | Action::Remove(g) => {
+            let containers = containers_of(g, groups, stage).await?;
+            for c in &containers {
+                let options = StopContainerOptionsBuilder::new().t(10).build();
+                docker
+                    .stop_container(c, Some(options))
+                    .await
+                    .with_context(|| format!("cannot stop {c}"))?;
+                if matches!(action, Action::Remove(_)) {
+                    let options = RemoveContainerOptionsBuilder::new().force(true).build();
+                    docker
+                        .remove_container(c, Some(options))
+                        .await
+                        .with_context(|| format!("cannot remove {c}"))?;
+                }
+            }
+            containers
+        }
+        Action::Restart(g) => {
+            let containers = containers_of(g, groups, stage).await?;
+            for c in &containers {
+                let options = RestartContainerOptionsBuilder::new().t(10).build();
+                docker
+                    .restart_container(c, Some(options))
+                    .await
+                    .with_context(|| format!("cannot restart {c}"))?;
+                // A new process in a new namespace: what was in force there must be again.
+                if faults.touches(c) {
+                    faults.reapply(&faults::target(docker, c).await?).await?;
+                }
+            }
+            containers
+        }
+        Action::Pause(g) => {
+            let containers = containers_of(g, groups, stage).await?;
+            for c in &containers {
+                docker
+                    .pause_container(c)
+                    .await
+                    .with_context(|| format!("cannot pause {c}"))?;
+            }
+            containers
+        }
+        Action::Unpause(g) => {
+            let containers = containers_of(g, groups, stage).await?;
+            for c in &containers {
+                docker
+                    .unpause_container(c)
+                    .await
+                    .with_context(|| format!("cannot unpause {c}"))?;
+            }
+            containers
+        }
+        Action::Add(n) => {
+            let before: Vec<String> = containers_of("all", groups, stage).await?;
+            *peers += n;
+            let spec = stage.spec;
+            spec.compose
+                .up(
+                    &spec.root,
+                    &spec.project,
+                    stage.files,
+                    *peers,
+                    stage.env,
+                    stage.compose_log,
+                )
+                .await?;
+            let running = before.len() + n;
+            engine::wait_running(
+                docker,
+                &spec.project,
+                running,
+                Duration::from_secs(60) + Duration::from_secs(*n as u64),
+                |_| {},
+            )
+            .await?;
+            containers_of("all", groups, stage)
+                .await?
+                .into_iter()
+                .filter(|c| !before.contains(c))
+                .collect()
+        }
+        Action::Partition(a, b) => {
+            let a = group_targets(containers_of(a, groups, stage).await?).await?;
+            let b = group_targets(containers_of(b, groups, stage).await?).await?;
+            faults.partition(&a, &b).await?;
+            outcome.faults_applied.push(format!(
+                "partition: iptables DROP of the other side's addresses, in and out, in each of \
+                 the {} nodes' network namespaces",
+                a.len() + b.len()
+            ));
+            a.iter().chain(&b).map(|t| t.container.clone()).collect()
+        }
+        Action::Heal => {
+            let touched = faults.cut_containers();
+            let targets = group_targets(touched).await?;
+            faults.heal(&targets).await?;
+            targets.iter().map(|t| t.container.clone()).collect()
+        }
+        Action::Shape { group, shape } => {
+            let targets = group_targets(containers_of(group, groups, stage).await?).await?;
+            faults.shape(&targets, shape).await?;
+            let mut how = Vec::new();
+            if let Some(l) = shape.loss {
+                how.push(format!(
+                    "loss {:.1} %: iptables statistic DROP of outgoing packets",
+                    l * 100.0
+                ));
+            }
+            if let Some(r) = &shape.rate {
+                how.push(format!(
+                    "rate {r}: tc {}",
+                    if shape.delay.is_some() {
+                        "netem"
+                    } else {
+                        "tbf"
+                    }
+                ));
+            }
+            if shape.delay.is_some() {
+                how.push("delay: tc netem".into());
+            }
+            outcome.faults_applied.push(format!(
+                "shape {group} ({} nodes): {}",
+                targets.len(),
+                how.join("; ")
+            ));
+            targets.iter().map(|t| t.container.clone()).collect()
+        }
+        Action::Unshape(g) => {
+            let targets = group_targets(containers_of(g, groups, stage).await?).await?;
+            faults.unshape(&targets).await?;
+            targets.iter().map(|t| t.container.clone()).collect()
+        }
+        Action::Wait => Vec::new(),
+    };
+    Ok(acted.iter().map(|c| short(stage, c)).collect())
+}
+
+/// Judges a step's expectations from samples taken every [`SAMPLE_EVERY`] from `acted`.
+async fn expect(
+    step: &file::Step,
+    groups: &BTreeMap<String, Vec<String>>,
+    stage: &mut Stage<'_>,
+    acted: Instant,
+) -> Vec<ExpectOutcome> {
+    if step.expect.is_empty() {
+        return Vec::new();
+    }
+    let mut opts = CheckOptions {
+        expect_nodes: None,
+        full_mesh: step.expect.iter().any(|e| e.property == Property::FullMesh),
+        ..stage.spec.check.clone()
+    };
+    for e in &step.expect {
+        if let Property::Across(a, b) = &e.property {
+            let names = |g: &str| {
+                groups
+                    .get(g)
+                    .map(|cs| cs.iter().map(|c| short(stage, c)).collect())
+                    .unwrap_or_default()
+            };
+            opts.across = Some(Across {
+                a: (a.clone(), names(a)),
+                b: (b.clone(), names(b)),
+            });
+        }
+    }
+    let mut judges: Vec<Judge> = step.expect.iter().map(|e| Judge::new(e.hold)).collect();
+    let mut last_line = String::new();
+    while judges.iter().any(|j| !j.done()) {
+        let since = acted.elapsed();
+        match stage.reader.check(&opts).await {
+            Ok(report) => {
+                for (j, e) in judges.iter_mut().zip(&step.expect) {
+                    j.observe(since, judge::holds(&e.property, &report));
+                }
+                let line = format!(
+                    "  {} live · k-closest {}/{} · {} stale",
+                    report.live, report.closest.complete, report.closest.of, report.stale.entries
+                );
+                if line != last_line {
+                    eprintln!("{line} · {:.0} s", since.as_secs_f64());
+                    last_line = line;
+                }
+            }
+            Err(e) => {
+                eprintln!("  cannot read the network: {e}");
+                for j in &mut judges {
+                    j.tick(since);
+                }
+            }
+        }
+        if judges.iter().all(Judge::done) {
+            break;
+        }
+        // Sample again, but never past the nearest deadline by more than a moment.
+        let next = judges
+            .iter()
+            .filter(|j| !j.done())
+            .map(Judge::deadline)
+            .min()
+            .unwrap_or_default()
+            .saturating_sub(acted.elapsed())
+            .min(SAMPLE_EVERY);
+        tokio::time::sleep(next.max(Duration::from_millis(200))).await;
+    }
+    judges
+        .into_iter()
+        .zip(&step.expect)
+        .map(|(j, e)| {
+            let outcome = ExpectOutcome {
+                property: e.property.to_string(),
+                hold: hold_text(e.hold),
+                verdict: j.verdict,
+                samples: j.samples,
+            };
+            say(&format!("  {}", expectation_line(&outcome)));
+            outcome
+        })
+        .collect()
+}
+
+fn hold_text(hold: Hold) -> String {
+    match hold {
+        Hold::Within(d) => format!("within {}", humantime::format_duration(d)),
+        Hold::Throughout(d) => format!("throughout {}", humantime::format_duration(d)),
+    }
+}
+
+fn expectation_line(e: &ExpectOutcome) -> String {
+    match &e.verdict {
+        Verdict::Pass {
+            held_after_s: Some(t),
+        } => format!("PASS {} {}: held after {t:.1} s", e.property, e.hold),
+        Verdict::Pass { held_after_s: None } => format!("PASS {} {}", e.property, e.hold),
+        Verdict::Fail { at_s, reasons } => format!(
+            "FAIL {} {} (at {at_s:.1} s): {}",
+            e.property,
+            e.hold,
+            reasons.join("\n      ")
+        ),
+        Verdict::Pending => format!("? {} {}: not judged", e.property, e.hold),
+    }
+}
+
+/// The scenario report as text.
+pub fn human(o: &ScenarioOutcome) -> String {
+    let mut s = format!(
+        "\nscenario {} ({}): {}\n",
+        o.name,
+        o.file.display(),
+        if o.passed { "PASS" } else { "FAIL" }
+    );
+    if !o.description.is_empty() {
+        s.push_str(&format!("  {}\n", o.description));
+    }
+    if !o.formed {
+        s.push_str("  the network did not form, so no step ran\n");
+    }
+    for step in &o.steps {
+        let due = step
+            .due_s
+            .map(|d| format!(" (due at {d:.1} s)"))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  step {} at {:.1} s{due}: {} — {} nodes, took {:.1} s\n",
+            step.number,
+            step.started_s,
+            step.action,
+            step.nodes.len(),
+            step.took_s
+        ));
+        if let Some(e) = &step.error {
+            s.push_str(&format!("    ERROR {e}\n"));
+        }
+        for e in &step.expectations {
+            s.push_str(&format!("    {}\n", expectation_line(e)));
+        }
+    }
+    for f in &o.faults_applied {
+        s.push_str(&format!("  applied: {f}\n"));
+    }
+    s
+}
+
+/// The scenario report as JUnit XML: one test case per expectation.
+pub fn junit(o: &ScenarioOutcome) -> Result<String, quick_junit::SerializeError> {
+    use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
+    let mut report = Report::new("testbed-scenario");
+    let mut suite = TestSuite::new(o.name.clone());
+    if !o.formed {
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
+        status.set_message("the network did not form before the first step");
+        suite.add_test_case(TestCase::new("network forms", status));
+    }
+    for step in &o.steps {
+        if let Some(e) = &step.error {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+            status.set_message(e.clone());
+            suite.add_test_case(TestCase::new(
+                format!("step {}: {}", step.number, step.action),
+                status,
+            ));
+        }
+        for e in &step.expectations {
+            let status = match &e.verdict {
+                Verdict::Pass { .. } => TestCaseStatus::success(),
+                Verdict::Fail { reasons, .. } => {
+                    let mut st = TestCaseStatus::non_success(NonSuccessKind::Failure);
+                    st.set_message(expectation_line(e));
+                    st.set_description(reasons.join("\n"));
+                    st
+                }
+                Verdict::Pending => TestCaseStatus::skipped(),
+            };
+            let mut case = TestCase::new(
+                format!(
+                    "step {} ({}): {} {}",
+                    step.number, step.action, e.property, e.hold
+                ),
+                status,
+            );
+            case.set_classname(format!("testbed-scenario.{}", o.name));
+            suite.add_test_case(case);
+        }
+    }
+    suite.set_system_out(human(o));
+    report.add_test_suite(suite);
+    report.to_string()
+}
+
+fn say(message: &str) {
+    eprintln!("testbed: {message}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(verdict: Verdict) -> ScenarioOutcome {
+        ScenarioOutcome {
+            name: "partition-heal".into(),
+            file: "compose/scenarios/partition-heal.toml".into(),
+            description: String::new(),
+            formed: true,
+            passed: matches!(verdict, Verdict::Pass { .. }),
+            steps: vec![StepOutcome {
+                number: 2,
+                action: "heal".into(),
+                due_s: None,
+                started_s: 95.0,
+                at: None,
+                took_s: 0.4,
+                nodes: vec!["peer_1".into()],
+                expectations: vec![ExpectOutcome {
+                    property: "a and b hold each other".into(),
+                    hold: "within 2m".into(),
+                    verdict,
+                    samples: 3,
+                }],
+                error: None,
+            }],
+            faults_applied: Vec::new(),
+            killed: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reports_name_the_step_the_expectation_and_the_healing_time() {
+        let pass = outcome(Verdict::Pass {
+            held_after_s: Some(12.5),
+        });
+        let text = human(&pass);
+        assert!(
+            text.contains("PASS a and b hold each other within 2m: held after 12.5 s"),
+            "{text}"
+        );
+        assert_eq!(pass.failure_code(), None);
+
+        let fail = outcome(Verdict::Fail {
+            at_s: 120.0,
+            reasons: vec![
+                "did not hold within 2m".into(),
+                "peer_1 (a): missing peer_9".into(),
+            ],
+        });
+        assert_eq!(fail.failure_code(), Some(1));
+        let xml = junit(&fail).expect("xml");
+        assert!(
+            xml.contains("step 2 (heal): a and b hold each other within 2m"),
+            "{xml}"
+        );
+        assert!(xml.contains("peer_1 (a): missing peer_9"), "{xml}");
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+    }
+}
