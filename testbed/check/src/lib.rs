@@ -24,7 +24,7 @@
 //! * [`verdict`]: digests → [`verdict::Report`]; no I/O.
 //! * [`closest`]: each live node's k closest live peers, for the verdict and the timeline alike.
 //! * [`report`]: the report as a table, JSON or JUnit XML.
-//! * [`source`]: files, stdin, or a compose project through the Docker Engine API (bollard).
+//! * [`source`]: files, stdin, or a compose project's containers (through `testbed-docker`).
 //! * [`timeline`]: when a saved run converged, replaying every snapshot in time order.
 //!
 //! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be

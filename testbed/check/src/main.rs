@@ -103,7 +103,7 @@ fn main() -> ExitCode {
         Some(path) => Source::Files(path.clone()),
         None => Source::Compose(cli.project.clone().unwrap_or_else(|| {
             let cwd = std::env::current_dir().unwrap_or_default();
-            testbed_check::source::default_project_name(&cwd)
+            testbed_docker::default_project_name(&cwd)
         })),
     };
     let opts = CheckOptions {

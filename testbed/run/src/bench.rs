@@ -176,7 +176,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     for note in host::check_neighbour_table(largest, args.ignore_host_limits)?.notes {
         eprintln!("testbed: {note}");
     }
-    let docker = testbed_check::source::connect_docker().await?;
+    let docker = testbed_docker::connect().await?;
     let compose = Compose::detect()?;
     build_image(&args.image)?;
     let image_bytes = engine::image_size(&docker, &args.image.image).await;
@@ -367,7 +367,7 @@ fn median(sorted: &[f64]) -> Option<f64> {
     (!sorted.is_empty()).then(|| sorted[sorted.len() / 2])
 }
 
-async fn machine(docker: &bollard::Docker, compose: &Compose) -> Machine {
+async fn machine(docker: &testbed_docker::bollard::Docker, compose: &Compose) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
         .lines()

@@ -15,13 +15,13 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bollard::Docker;
-use bollard::query_parameters::{
+use futures::StreamExt;
+use testbed_docker::bollard::Docker;
+use testbed_docker::bollard::query_parameters::{
     KillContainerOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use futures::StreamExt;
-use testbed_check::source::{Output, container_lines, project_containers, short_name};
+use testbed_docker::{Output, container_lines, project_containers, short_name};
 
 /// Containers handled at once for work that does not touch network endpoints (logs, removal of
 /// stopped containers, inspection).
@@ -173,7 +173,7 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
 
 /// Saves each container's stdout (the events) to `dir/logs/<name>.log` and its stderr
 /// (diagnostics) to `dir/diag/<name>.log`, through the checker's reader
-/// ([`testbed_check::source::container_lines`]). Returns the bytes of events saved.
+/// ([`testbed_docker::container_lines`]). Returns the bytes of events saved.
 pub async fn save_logs(docker: &Docker, project: &str, dir: &Path) -> anyhow::Result<u64> {
     let logs_dir = dir.join("logs");
     let diag_dir = dir.join("diag");

@@ -26,7 +26,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use anyhow::{Context, bail};
-use bollard::Docker;
+use testbed_docker::bollard::Docker;
 use tokio::io::AsyncWriteExt;
 use tokio::process::Command;
 
@@ -110,23 +110,7 @@ pub struct Target {
 
 /// Looks a container up: its process (to enter its namespace) and its IPv4 addresses.
 pub async fn target(docker: &Docker, container: &str) -> anyhow::Result<Target> {
-    let info = docker
-        .inspect_container(container, None)
-        .await
-        .with_context(|| format!("cannot inspect {container}"))?;
-    let pid = info
-        .state
-        .as_ref()
-        .and_then(|s| s.pid)
-        .filter(|&p| p > 0)
-        .with_context(|| format!("{container} is not running: no process to enter"))?;
-    let addresses: Vec<String> = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .into_iter()
-        .flatten()
-        .filter_map(|(_, n)| n.ip_address.filter(|ip| !ip.is_empty()))
-        .collect();
+    let (pid, addresses) = testbed_docker::process_and_addresses(docker, container).await?;
     if addresses.is_empty() {
         bail!("{container} has no IPv4 address on any network");
     }

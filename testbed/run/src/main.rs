@@ -6,7 +6,8 @@
 //! * `main.rs`: subcommands `up`, `down`, `image`, `bench`.
 //! * `run.rs`: one run, with its always-run save-and-teardown.
 //! * `compose.rs`: `docker compose` (v2) or `docker-compose` (v1.29).
-//! * `engine.rs`: the Docker Engine API (bollard): waiting, logs, resources, teardown.
+//! * `engine.rs`: what a run does with Docker (through `testbed-docker`): waiting, saving logs,
+//!   resources, teardown.
 //! * `image.rs`: building the image from a local static binary or from source.
 //! * `host.rs`: host limits (the neighbour table) checked, and raised where allowed.
 //! * `bench.rs`: runs at several sizes and writes BENCHMARKS.md.
@@ -196,7 +197,7 @@ pub fn names(name: Option<String>, prefix: &str, peers: usize) -> (String, Strin
         format!("{prefix}-{stamp}-{peers}p")
     });
     let suffix: u16 = rand::random();
-    let project = testbed_check::source::normalize_project_name(&format!("kt-{name}-{suffix:04x}"));
+    let project = testbed_docker::normalize_project_name(&format!("kt-{name}-{suffix:04x}"));
     (name, project)
 }
 
@@ -244,7 +245,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
     for note in host::check_neighbour_table(nodes, args.ignore_host_limits)?.notes {
         eprintln!("testbed: {note}");
     }
-    let docker = testbed_check::source::connect_docker().await?;
+    let docker = testbed_docker::connect().await?;
     let compose = Compose::detect()?;
     build_image(&args.image)?;
     let commit = commit(&root);
@@ -261,8 +262,8 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
         };
         let (name, generated) = names(name, "up", args.peers);
         let project = match (&args.project, args.repeat) {
-            (Some(p), 1) => testbed_check::source::normalize_project_name(p),
-            (Some(p), _) => testbed_check::source::normalize_project_name(&format!("{p}-{i}")),
+            (Some(p), 1) => testbed_docker::normalize_project_name(p),
+            (Some(p), _) => testbed_docker::normalize_project_name(&format!("{p}-{i}")),
             (None, _) => generated,
         };
         let spec = run::RunSpec {
@@ -345,9 +346,9 @@ pub fn commit(root: &Path) -> String {
 }
 
 async fn down(project: &str) -> anyhow::Result<u8> {
-    let docker = testbed_check::source::connect_docker().await?;
+    let docker = testbed_docker::connect().await?;
     // The same normalisation `up --project` applied, so the name given to both finds the project.
-    let project = &testbed_check::source::normalize_project_name(project);
+    let project = &testbed_docker::normalize_project_name(project);
     let teardown = engine::teardown(&docker, project).await;
     eprintln!(
         "testbed: removed {} containers and {} networks of {project}",

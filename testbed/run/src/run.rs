@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bollard::Docker;
 use serde::Serialize;
 use testbed_check::verdict::{At, PropertyId};
 use testbed_check::{CheckOptions, Reader, Report, Source, report};
+use testbed_docker::bollard::Docker;
 
 use crate::compose::Compose;
 use crate::engine::{self, NodeResources, Teardown};
@@ -531,17 +531,16 @@ async fn churn_and_watch(
     reader: &mut Reader,
     churn: Churn,
 ) -> anyhow::Result<(ChurnOutcome, Report)> {
-    let mut peers: Vec<(u64, String)> =
-        testbed_check::source::project_containers(docker, &spec.project)
-            .await?
-            .into_iter()
-            .filter(|(_, running)| *running)
-            .filter_map(|(name, _)| {
-                let short = testbed_check::source::short_name(&name, &spec.project);
-                let number = short.strip_prefix("peer")?.trim_start_matches(['_', '-']);
-                Some((number.parse().ok()?, name))
-            })
-            .collect();
+    let mut peers: Vec<(u64, String)> = testbed_docker::project_containers(docker, &spec.project)
+        .await?
+        .into_iter()
+        .filter(|(_, running)| *running)
+        .filter_map(|(name, _)| {
+            let short = testbed_docker::short_name(&name, &spec.project);
+            let number = short.strip_prefix("peer")?.trim_start_matches(['_', '-']);
+            Some((number.parse().ok()?, name))
+        })
+        .collect();
     peers.sort_unstable();
     let count = ((peers.len() as f64 * churn.share).round() as usize).min(peers.len());
     let victims: Vec<String> = (0..count)
@@ -564,7 +563,7 @@ async fn churn_and_watch(
             anyhow::bail!("churn: {}", errors.join("; "));
         }
         outcome.killed.push(Killed {
-            node: testbed_check::source::short_name(&container, &spec.project).to_owned(),
+            node: testbed_docker::short_name(&container, &spec.project).to_owned(),
             container,
             at,
         });

@@ -25,13 +25,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bollard::Docker;
-use bollard::query_parameters::{
-    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
-};
 use serde::Serialize;
 use testbed_check::verdict::Across;
 use testbed_check::{CheckOptions, Reader};
+use testbed_docker::bollard::Docker;
+use testbed_docker::bollard::query_parameters::{
+    RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
 
 use crate::engine;
 use crate::faults::{self, Faults};
@@ -268,14 +268,14 @@ async fn resolve(
 /// The running bootstrap container, and the running peers by number.
 async fn members(stage: &Stage<'_>) -> anyhow::Result<(Option<String>, Vec<(usize, String)>)> {
     let project = &stage.spec.project;
-    let containers = testbed_check::source::project_containers(stage.docker, project).await?;
+    let containers = testbed_docker::project_containers(stage.docker, project).await?;
     let mut bootstrap = None;
     let mut peers = Vec::new();
     for (name, running) in containers {
         if !running {
             continue;
         }
-        let short = testbed_check::source::short_name(&name, project);
+        let short = testbed_docker::short_name(&name, project);
         if short.starts_with("bootstrap") {
             bootstrap = Some(name.clone());
         } else if let Some(n) = short
@@ -309,7 +309,7 @@ async fn containers_of(
 }
 
 fn short(stage: &Stage<'_>, container: &str) -> String {
-    testbed_check::source::short_name(container, &stage.spec.project).to_owned()
+    testbed_docker::short_name(container, &stage.spec.project).to_owned()
 }
 
 /// Does one step's action; returns the containers it acted on (short names).

@@ -1,0 +1,304 @@
+//! testbed-docker: the Docker Engine API (bollard) as the testbed uses it — one small crate
+//! for the checker's log source and the orchestrator alike.
+//!
+//! * [`connect`]: the local daemon, at an API version both sides speak.
+//! * [`project_containers`], [`short_name`]: a compose project's containers and their names.
+//! * [`container_lines`]: the one reader of container logs (stdout and stderr, with Docker's
+//!   timestamps, lines Docker split at 16 KiB put back together).
+//! * [`process_and_addresses`]: a container's main process and IPv4 addresses, to enter its
+//!   network namespace from outside (the orchestrator's network faults).
+//! * [`default_project_name`], [`normalize_project_name`]: compose's project naming.
+//!
+//! Nothing here decides anything: waiting, teardown and the verdict live with their callers.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
+use futures::StreamExt;
+
+pub use bollard;
+
+/// What went wrong talking to Docker.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    /// No daemon answered (not running, no permission on the socket, wrong DOCKER_HOST).
+    #[error(
+        "cannot reach the Docker daemon: {0}. Is Docker running, and may this user use it \
+         (DOCKER_HOST, /var/run/docker.sock)?"
+    )]
+    NoDaemon(String),
+    /// The daemon answered with an error.
+    #[error("the Docker daemon failed: {0}")]
+    Api(String),
+}
+
+/// Connects to the local Docker daemon (DOCKER_HOST or the default socket) at an API version both
+/// sides speak (Docker 20.10 speaks 1.41).
+pub async fn connect() -> Result<Docker, DockerError> {
+    let docker =
+        Docker::connect_with_defaults().map_err(|e| DockerError::NoDaemon(e.to_string()))?;
+    docker
+        .negotiate_version()
+        .await
+        .map_err(|e| DockerError::NoDaemon(e.to_string()))
+}
+
+/// The containers of a compose project: (name, running).
+///
+/// API calls take the full container name; reports use [`short_name`].
+pub async fn project_containers(
+    docker: &Docker,
+    project: &str,
+) -> Result<Vec<(String, bool)>, DockerError> {
+    let filters = HashMap::from([(
+        "label".to_owned(),
+        vec![format!("com.docker.compose.project={project}")],
+    )]);
+    let options = ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let containers = docker
+        .list_containers(Some(options))
+        .await
+        .map_err(|e| DockerError::Api(e.to_string()))?;
+    Ok(containers
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.names?.first()?.trim_start_matches('/').to_owned();
+            use bollard::models::ContainerSummaryStateEnum as State;
+            let running = matches!(
+                c.state,
+                Some(State::RUNNING | State::PAUSED | State::RESTARTING)
+            );
+            Some((name, running))
+        })
+        .collect())
+}
+
+/// A container's name without its compose project prefix: `peer_3` (v1) or `peer-3` (v2).
+pub fn short_name<'a>(container: &'a str, project: &str) -> &'a str {
+    container
+        .strip_prefix(project)
+        .and_then(|rest| rest.strip_prefix(['_', '-']))
+        .filter(|rest| !rest.is_empty())
+        .unwrap_or(container)
+}
+
+/// A container's output stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// The node's events.
+    Stdout,
+    /// Its diagnostics.
+    Stderr,
+}
+
+/// The one reader of container logs (the checker's and the orchestrator's): calls `line` with
+/// each complete line of stdout (and of stderr, if asked), with Docker's timestamp, from `since`
+/// on (whole seconds: Docker's resolution, so the caller skips what it had by the timestamps).
+/// A container that went away while being read ends the stream quietly.
+pub async fn container_lines(
+    docker: &Docker,
+    container: &str,
+    since: Option<SystemTime>,
+    stderr: bool,
+    mut line: impl FnMut(Output, Option<SystemTime>, &str),
+) -> Result<(), DockerError> {
+    let mut options = LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(stderr)
+        .follow(false)
+        .timestamps(true)
+        .tail("all");
+    if let Some(since) = since {
+        let secs = since
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
+    }
+    let mut stream = docker.logs(container, Some(options.build()));
+    let mut outputs = [FrameLines::default(), FrameLines::default()];
+    let mut take = |output: Output, bytes: &[u8]| {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.trim_end_matches(['\n', '\r']);
+        let (stamp, rest) = text.split_once(' ').unwrap_or((text, ""));
+        let ts = humantime::parse_rfc3339_weak(stamp).ok();
+        line(output, ts, rest);
+    };
+    while let Some(frame) = stream.next().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            // The container went away while we read it: what we have is what there is.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404, ..
+            }) => break,
+            Err(e) => return Err(DockerError::Api(format!("logs of {container}: {e}"))),
+        };
+        let (output, bytes) = match frame {
+            LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                (Output::Stdout, message)
+            }
+            LogOutput::StdErr { message } => (Output::Stderr, message),
+            LogOutput::StdIn { .. } => continue,
+        };
+        outputs[output as usize].push(&bytes, |l| take(output, l));
+    }
+    for output in [Output::Stdout, Output::Stderr] {
+        if let Some(rest) = outputs[output as usize].rest() {
+            // A last line without its newline: the node was killed mid-write.
+            take(output, rest);
+        }
+    }
+    Ok(())
+}
+
+/// Lines out of Docker's log frames, read with timestamps. Docker stores a line longer than
+/// 16 KiB as several entries (moby's partial messages) and prefixes *each* with its timestamp, so
+/// an entry that continues an unfinished line starts with a timestamp that is not part of it.
+/// (A routing table of ~200 peers is a line that long.)
+#[derive(Debug, Default)]
+struct FrameLines {
+    partial: Vec<u8>,
+}
+
+impl FrameLines {
+    /// Takes in one frame, calling `line` with each line it completes (newline included).
+    fn push(&mut self, frame: &[u8], mut line: impl FnMut(&[u8])) {
+        let mut frame = frame;
+        if !self.partial.is_empty()
+            && let Some(space) = frame.iter().position(|b| *b == b' ')
+            && std::str::from_utf8(&frame[..space])
+                .ok()
+                .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
+                .is_some()
+        {
+            frame = &frame[space + 1..];
+        }
+        self.partial.extend_from_slice(frame);
+        while let Some(pos) = self.partial.iter().position(|b| *b == b'\n') {
+            let complete: Vec<u8> = self.partial.drain(..=pos).collect();
+            line(&complete);
+        }
+    }
+
+    /// What is left without a newline.
+    fn rest(&self) -> Option<&[u8]> {
+        (!self.partial.is_empty()).then_some(self.partial.as_slice())
+    }
+}
+
+/// The project name `docker compose` would use in `dir`: COMPOSE_PROJECT_NAME from the
+/// environment or `dir/.env`, else the folder's name, normalised the way compose does.
+pub fn default_project_name(dir: &Path) -> String {
+    let from_env = std::env::var("COMPOSE_PROJECT_NAME")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let from_dotenv = || {
+        let text = std::fs::read_to_string(dir.join(".env")).ok()?;
+        text.lines().find_map(|l| {
+            let value = l.trim().strip_prefix("COMPOSE_PROJECT_NAME=")?;
+            let value = value.trim().trim_matches(['"', '\'']);
+            (!value.is_empty()).then(|| value.to_owned())
+        })
+    };
+    let raw = from_env.or_else(from_dotenv).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    normalize_project_name(&raw)
+}
+
+/// Lowercase, only `[a-z0-9_-]`, starting with a letter or digit (compose's own rule).
+pub fn normalize_project_name(raw: &str) -> String {
+    let kept: String = raw
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'))
+        .collect();
+    kept.trim_start_matches(['_', '-']).to_owned()
+}
+
+/// A container's main process (to enter its namespaces) and its IPv4 addresses on every network
+/// it is attached to.
+pub async fn process_and_addresses(
+    docker: &Docker,
+    container: &str,
+) -> Result<(i64, Vec<String>), DockerError> {
+    let info = docker
+        .inspect_container(container, None)
+        .await
+        .map_err(|e| DockerError::Api(format!("cannot inspect {container}: {e}")))?;
+    let pid = info
+        .state
+        .as_ref()
+        .and_then(|s| s.pid)
+        .filter(|&p| p > 0)
+        .ok_or_else(|| DockerError::Api(format!("{container} is not running: no process")))?;
+    let addresses = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .into_iter()
+        .flatten()
+        .filter_map(|(_, n)| n.ip_address.filter(|ip| !ip.is_empty()))
+        .collect();
+    Ok((pid, addresses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_line_docker_split_into_timestamped_entries_is_put_back_together() {
+        let mut lines = FrameLines::default();
+        let mut out: Vec<String> = Vec::new();
+        let frames: [&[u8]; 5] = [
+            b"2026-11-25T08:00:00.000000001Z {\"a\":1}\n",
+            // One long line, stored by Docker as three entries: only the first timestamp is real.
+            b"2026-11-25T08:00:01.000000001Z {\"peers\":[\"x",
+            b"2026-11-25T08:00:01.000000002Z yy",
+            b"2026-11-25T08:00:01.000000003Z zzz\"]}\n",
+            b"2026-11-25T08:00:02.000000001Z {\"b\":2}",
+        ];
+        for frame in frames {
+            lines.push(frame, |l| out.push(String::from_utf8_lossy(l).into_owned()));
+        }
+        assert_eq!(
+            out,
+            [
+                "2026-11-25T08:00:00.000000001Z {\"a\":1}\n",
+                "2026-11-25T08:00:01.000000001Z {\"peers\":[\"xyyzzz\"]}\n",
+            ]
+        );
+        assert_eq!(
+            lines.rest(),
+            Some(&b"2026-11-25T08:00:02.000000001Z {\"b\":2}"[..])
+        );
+        // A continuation that does not start with a timestamp is kept whole.
+        let mut lines = FrameLines::default();
+        let mut out = Vec::new();
+        lines.push(b"T0 abc", |_| {});
+        lines.push(b"not-a-time def\n", |l| out.push(l.to_vec()));
+        assert_eq!(out, [b"T0 abcnot-a-time def\n".to_vec()]);
+    }
+
+    #[test]
+    fn project_names_are_normalised_like_compose_does() {
+        assert_eq!(normalize_project_name("My.Project_1"), "myproject_1");
+        assert_eq!(normalize_project_name("-kad-testbed"), "kad-testbed");
+    }
+
+    #[test]
+    fn container_names_lose_their_project_prefix() {
+        assert_eq!(short_name("kt-run-1_peer_3", "kt-run-1"), "peer_3");
+        assert_eq!(short_name("kt-run-1-peer-3", "kt-run-1"), "peer-3");
+        assert_eq!(short_name("other", "kt-run-1"), "other");
+    }
+}
