@@ -198,6 +198,24 @@ pub async fn save_logs(docker: &Docker, project: &str, dir: &Path) -> anyhow::Re
     Ok(total)
 }
 
+/// Saves one container's logs as [`save_logs`] does, before the container is removed mid-run
+/// (a scenario's `remove`): nothing it wrote is lost.
+pub async fn save_container_logs(
+    docker: &Docker,
+    project: &str,
+    container: &str,
+    dir: &Path,
+) -> anyhow::Result<u64> {
+    let (logs_dir, diag_dir) = (dir.join("logs"), dir.join("diag"));
+    std::fs::create_dir_all(&logs_dir)
+        .and_then(|()| std::fs::create_dir_all(&diag_dir))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let short = short_name(container, project);
+    let out_path = logs_dir.join(format!("{short}.log"));
+    let err_path = diag_dir.join(format!("{short}.log"));
+    save_one(docker, container, &out_path, &err_path).await
+}
+
 async fn save_one(
     docker: &Docker,
     name: &str,

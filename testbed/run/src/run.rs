@@ -485,6 +485,7 @@ async fn bring_up_and_check(
                 files: &files,
                 env: &env,
                 compose_log: &log,
+                run_dir,
                 t0: all_running,
             };
             scenario::play(scenario, &mut stage).await

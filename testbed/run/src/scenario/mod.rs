@@ -129,6 +129,8 @@ pub struct Stage<'a> {
     pub files: &'a [PathBuf],
     pub env: &'a [(String, String)],
     pub compose_log: &'a Path,
+    /// The run's folder: a removed container's logs are saved there first.
+    pub run_dir: &'a Path,
     /// When every container of the initial network ran: the scenario's clock.
     pub t0: Instant,
 }
@@ -355,6 +357,8 @@ async fn act(
                     .await
                     .with_context(|| format!("cannot stop {c}"))?;
                 if matches!(action, Action::Remove(_)) {
+                    engine::save_container_logs(docker, &stage.spec.project, c, stage.run_dir)
+                        .await?;
                     let options = RemoveContainerOptionsBuilder::new().force(true).build();
                     docker
                         .remove_container(c, Some(options))
@@ -379,23 +383,17 @@ async fn act(
             }
             containers
         }
-        Action::Pause(g) => {
+        Action::Pause(g) | Action::Unpause(g) => {
+            let pause = matches!(action, Action::Pause(_));
             let containers = containers_of(g, groups, stage).await?;
             for c in &containers {
-                docker
-                    .pause_container(c)
-                    .await
-                    .with_context(|| format!("cannot pause {c}"))?;
-            }
-            containers
-        }
-        Action::Unpause(g) => {
-            let containers = containers_of(g, groups, stage).await?;
-            for c in &containers {
-                docker
-                    .unpause_container(c)
-                    .await
-                    .with_context(|| format!("cannot unpause {c}"))?;
+                let done = if pause {
+                    docker.pause_container(c).await
+                } else {
+                    docker.unpause_container(c).await
+                };
+                let verb = if pause { "pause" } else { "unpause" };
+                done.with_context(|| format!("cannot {verb} {c}"))?;
             }
             containers
         }
