@@ -42,7 +42,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = testbed_check::verdict::parse_share)]
     churn: Option<f64>,
 
-    /// How long to watch the network after the churn.
+    /// How long to watch the network after the last kill.
     #[arg(long, default_value = "150s", value_parser = parse_duration)]
     heal_window: Duration,
 
@@ -512,7 +512,7 @@ fn markdown(b: &Benchmarks) -> String {
         out.push_str(
             "## Healing after churn\n\n`bench --churn 30%`: once the network formed and idled, \
              that share of the peers is killed (SIGKILL, one container after another), and the \
-             network is watched for `--heal-window`.\n\n",
+             network is watched for `--heal-window` after the last kill.\n\n",
         );
         out.push_str(
             "| peers | killed | commit | pass | k-closest 100 % again (s) | no stale entry (s) | stale left | dials / node median | idle CPU median | load |\n|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|\n",
