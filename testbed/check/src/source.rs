@@ -91,8 +91,19 @@ pub struct RecordedRun {
     pub peers: Option<usize>,
     /// When the live check ended: the instant the run's verdict judged.
     pub checked_at: Option<Timestamp>,
-    /// Peers the run killed on purpose (`bench --churn`): not expected among the live nodes.
+    /// Peers the run killed on purpose (`bench --churn`, or a scenario): not expected among the
+    /// live nodes.
     pub churn: Option<RecordedChurn>,
+    /// The scenario the run played (`up --scenario`), if any: it adds, restarts and removes
+    /// nodes, so the number expected live is its expectations' business, not the peer count's.
+    pub scenario: Option<RecordedScenario>,
+}
+
+/// The scenario part of `run.json` (only its name is read here).
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default)]
+pub struct RecordedScenario {
+    pub name: String,
 }
 
 /// The churn part of `run.json`.
@@ -119,8 +130,11 @@ impl RecordedRun {
     }
 
     /// The live nodes the run expects at its end: the bootstrap and the peers, but for those it
-    /// killed.
+    /// killed; none for a scenario.
     pub fn expected_nodes(&self) -> Option<usize> {
+        if self.scenario.is_some() {
+            return None;
+        }
         let killed = self.churn.as_ref().map_or(0, |c| c.killed.len());
         self.peers.map(|p| (p + 1).saturating_sub(killed))
     }
@@ -410,6 +424,7 @@ mod tests {
             peers: Some(10),
             checked_at: None,
             churn: None,
+            scenario: None,
         });
         // From the run folder and from its logs/ alike.
         assert_eq!(recorded_run(run.path()), want);
@@ -430,6 +445,17 @@ mod tests {
         assert_eq!(
             recorded_run(run.path()).and_then(|r| r.expected_nodes()),
             Some(9)
+        );
+        // A scenario run expects no count: its steps add and restart nodes.
+        std::fs::write(
+            run.path().join("run.json"),
+            r#"{"peers":10,"churn":{"killed":[{"node":"peer_1","at":"2026-11-25T10:00:05.250Z"}]},
+                "scenario":{"name":"churn","steps":[]}}"#,
+        )
+        .expect("write");
+        assert_eq!(
+            recorded_run(run.path()).and_then(|r| r.expected_nodes()),
+            None
         );
         // A run left running records no shutdown.
         std::fs::write(run.path().join("run.json"), r#"{"shutdown_began":null}"#).expect("write");

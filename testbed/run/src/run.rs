@@ -263,6 +263,10 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         }
         outcome.teardown = Some(teardown);
     }
+    // run.json first: the saved logs are judged through it (the kills, the shutdown moment),
+    // exactly as `testbed-check --logs runs/<name>` will judge them. Without it the kills of a
+    // churn run were unknown to this verdict (39 of 90 killed nodes judged live at N = 300).
+    write_run_json(&outcome, &run_dir);
     rejudge_saved_logs(&mut outcome, &run_dir, spec).await;
     write_outputs(&outcome, &run_dir, spec);
     outcome
@@ -667,12 +671,21 @@ fn write_outputs(outcome: &RunOutcome, run_dir: &Path, spec: &RunSpec) {
     if let Some(e) = &outcome.error {
         eprintln!("error: {e}");
     }
-    if let Ok(json) = serde_json::to_string_pretty(outcome) {
-        let _ = std::fs::write(run_dir.join("run.json"), json);
-    }
+    write_run_json(outcome, run_dir);
     let entry = history::Entry::of(outcome, spec.kind, &crate::commit(&spec.root));
     if let Err(e) = history::append(&spec.root, &entry) {
         eprintln!("testbed: {e:#}");
+    }
+}
+
+fn write_run_json(outcome: &RunOutcome, run_dir: &Path) {
+    match serde_json::to_string_pretty(outcome) {
+        Ok(json) => {
+            if let Err(e) = std::fs::write(run_dir.join("run.json"), json) {
+                eprintln!("testbed: cannot write run.json: {e}");
+            }
+        }
+        Err(e) => eprintln!("testbed: cannot serialize run.json: {e}"),
     }
 }
 
