@@ -225,6 +225,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             scenario: None,
         };
         let outcome = run::execute(&spec, &docker).await;
+        if let Some(signal) = outcome.interrupted {
+            // The user (or CI) asked to stop: no half-measured row, and no further sizes.
+            eprintln!(
+                "testbed bench: interrupted ({signal}) at {peers} peers: no row for it, no further sizes"
+            );
+            return Ok(2);
+        }
         let mut row = measure(&outcome, peers).await;
         row.commit = commit(&root);
         row.date = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();

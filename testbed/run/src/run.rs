@@ -139,6 +139,8 @@ pub struct RunOutcome {
     pub churn: Option<ChurnOutcome>,
     /// The scenario played (`up --scenario`): each step and each expectation's verdict.
     pub scenario: Option<ScenarioOutcome>,
+    /// The signal that cut the run short (Ctrl-C, SIGTERM), if one did.
+    pub interrupted: Option<&'static str>,
     #[serde(skip)]
     pub report: Option<Report>,
     pub run_dir: PathBuf,
@@ -189,6 +191,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         cleanup_errors: Vec::new(),
         churn: None,
         scenario: None,
+        interrupted: None,
         report: None,
         run_dir: run_dir.clone(),
     };
@@ -208,6 +211,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         signal = interrupted() => Some(signal),
     };
     if let Some(signal) = interrupted {
+        outcome.interrupted = Some(signal);
         outcome.error = Some(format!(
             "interrupted ({signal}): saving logs and tearing down"
         ));
