@@ -61,6 +61,41 @@ pub async fn wait_running(
     }
 }
 
+/// The running members of `project`: its bootstrap container, and its peer containers by
+/// number (`peer_3` is 3), in order.
+pub async fn running_members(
+    docker: &Docker,
+    project: &str,
+) -> anyhow::Result<(Option<String>, Vec<(usize, String)>)> {
+    let mut bootstrap = None;
+    let mut peers = Vec::new();
+    for (name, running) in project_containers(docker, project).await? {
+        if !running {
+            continue;
+        }
+        let short = short_name(&name, project);
+        if short.starts_with("bootstrap") {
+            bootstrap = Some(name.clone());
+        } else if let Some(n) = short
+            .strip_prefix("peer")
+            .map(|r| r.trim_start_matches(['_', '-']))
+            .and_then(|r| r.parse().ok())
+        {
+            peers.push((n, name));
+        }
+    }
+    peers.sort_unstable();
+    Ok((bootstrap, peers))
+}
+
+/// `count` of `peers`, spread evenly over their numbers (so a share of them is not one block).
+pub fn spread(peers: &[(usize, String)], count: usize) -> Vec<String> {
+    let count = count.min(peers.len());
+    (0..count)
+        .map(|i| peers[i * peers.len() / count].1.clone())
+        .collect()
+}
+
 /// Kills `containers` (SIGKILL: no final snapshot, no `node_stopping`, as a crash), one at a
 /// time like every stop (see the module docs). Returns what could not be killed.
 pub async fn kill(docker: &Docker, containers: &[String]) -> Vec<String> {

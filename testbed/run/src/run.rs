@@ -540,21 +540,9 @@ async fn churn_and_watch(
     reader: &mut Reader,
     churn: Churn,
 ) -> anyhow::Result<(ChurnOutcome, Report)> {
-    let mut peers: Vec<(u64, String)> = testbed_docker::project_containers(docker, &spec.project)
-        .await?
-        .into_iter()
-        .filter(|(_, running)| *running)
-        .filter_map(|(name, _)| {
-            let short = testbed_docker::short_name(&name, &spec.project);
-            let number = short.strip_prefix("peer")?.trim_start_matches(['_', '-']);
-            Some((number.parse().ok()?, name))
-        })
-        .collect();
-    peers.sort_unstable();
+    let (_, peers) = engine::running_members(docker, &spec.project).await?;
     let count = ((peers.len() as f64 * churn.share).round() as usize).min(peers.len());
-    let victims: Vec<String> = (0..count)
-        .map(|i| peers[i * peers.len() / count.max(1)].1.clone())
-        .collect();
+    let victims = engine::spread(&peers, count);
     say(&format!(
         "churn: killing {count} of {} peers (SIGKILL), then watching for {}s",
         peers.len(),

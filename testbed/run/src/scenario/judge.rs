@@ -84,10 +84,7 @@ impl Judge {
 
     /// No sample could be taken (the logs were unreadable) at `since`: only the deadline counts.
     pub fn tick(&mut self, since: Duration) {
-        let limit = match self.hold {
-            Hold::Within(d) | Hold::Throughout(d) => d,
-        };
-        if !self.done() && since >= limit {
+        if !self.done() && since >= self.deadline() {
             if self.samples == 0 {
                 self.last_reasons = vec!["no sample of the network could be read".into()];
                 self.verdict = Verdict::Fail {
@@ -103,9 +100,7 @@ impl Judge {
     fn expire(&mut self, since: Duration) {
         let mut reasons = vec![format!(
             "did not hold within {}",
-            humantime::format_duration(match self.hold {
-                Hold::Within(d) | Hold::Throughout(d) => d,
-            })
+            humantime::format_duration(self.deadline())
         )];
         reasons.extend(self.last_reasons.iter().cloned());
         self.verdict = match self.hold {

@@ -241,9 +241,7 @@ async fn resolve(
             Peers::Count(n) => peers.iter().take(*n).map(|(_, c)| c.clone()).collect(),
             Peers::Share(share) => {
                 let count = ((peers.len() as f64 * share).round() as usize).clamp(1, peers.len());
-                (0..count)
-                    .map(|i| peers[i * peers.len() / count].1.clone())
-                    .collect()
+                engine::spread(&peers, count)
             }
             Peers::Numbers(numbers) => numbers
                 .iter()
@@ -269,27 +267,7 @@ async fn resolve(
 
 /// The running bootstrap container, and the running peers by number.
 async fn members(stage: &Stage<'_>) -> anyhow::Result<(Option<String>, Vec<(usize, String)>)> {
-    let project = &stage.spec.project;
-    let containers = testbed_docker::project_containers(stage.docker, project).await?;
-    let mut bootstrap = None;
-    let mut peers = Vec::new();
-    for (name, running) in containers {
-        if !running {
-            continue;
-        }
-        let short = testbed_docker::short_name(&name, project);
-        if short.starts_with("bootstrap") {
-            bootstrap = Some(name.clone());
-        } else if let Some(n) = short
-            .strip_prefix("peer")
-            .map(|r| r.trim_start_matches(['_', '-']))
-            .and_then(|r| r.parse().ok())
-        {
-            peers.push((n, name));
-        }
-    }
-    peers.sort_unstable();
-    Ok((bootstrap, peers))
+    engine::running_members(stage.docker, &stage.spec.project).await
 }
 
 async fn containers_of(
