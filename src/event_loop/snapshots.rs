@@ -49,6 +49,7 @@ impl<W: Write> EventLoop<W> {
             reason,
             size,
             peers,
+            crawled: None,
         });
         self.write_health_with(size);
         crate::memory::release_free_heap();

@@ -93,6 +93,7 @@ pub fn latest_table(events: &[Envelope]) -> Option<(SnapshotReason, BTreeSet<Str
             reason,
             peers,
             size,
+            ..
         } => {
             assert_eq!(*size, peers.len(), "size matches the peer list");
             Some((*reason, peers.iter().map(|p| p.peer_id.clone()).collect()))

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Serialize;
+
+use crate::crawl::CrawlLog;
 use testbed_events::{
     BootstrapTrigger, Envelope, Event, ParseError, Role, SnapshotReason, TableEntry, Timestamp,
     parse_line,
@@ -80,6 +82,12 @@ pub struct NodeLog {
     /// When the first initial bootstrap completed, and whether it succeeded.
     pub initial_bootstrap: Option<(Timestamp, bool)>,
     pub lines: LineStats,
+    /// What the node runs, when only a crawl knows it (a node's own log does not say).
+    pub agent_version: Option<String>,
+    /// Not a log: a node known only from what it answered `testbed-crawl` ([`CrawlLog::members`]).
+    pub crawled_only: bool,
+    /// The crawl events this log holds (a crawler's log, or a crawl file).
+    pub crawl: CrawlLog,
 }
 
 /// What the lines of a log were.
@@ -174,8 +182,13 @@ impl NodeLog {
     /// Applies one event.
     pub fn apply(&mut self, envelope: Envelope) {
         let ts = envelope.ts;
+        // A crawler's events describe other nodes: they are filed apart, and the crawler's own
+        // log is not a node's.
+        let Some(event) = self.crawl.apply(ts, envelope.event) else {
+            return;
+        };
         self.last_event = Some(self.last_event.map_or(ts, |t| t.max(ts)));
-        match envelope.event {
+        match event {
             Event::NodeStarted(started) => {
                 // A new incarnation: what the old one knew no longer describes this node.
                 let name = std::mem::take(&mut self.name);
@@ -183,6 +196,7 @@ impl NodeLog {
                 let lines = self.lines;
                 let first_started = self.first_started.or(Some(ts));
                 let mut former_ids = std::mem::take(&mut self.former_ids);
+                let crawl = std::mem::take(&mut self.crawl);
                 if let Some(old) = self.peer_id.take() {
                     if old != started.peer_id {
                         let gone = self.stopped.as_ref().map_or(ts, |s| s.0);
@@ -195,6 +209,7 @@ impl NodeLog {
                     lines,
                     first_started,
                     former_ids,
+                    crawl,
                     peer_id: Some(started.peer_id),
                     role: Some(started.role),
                     heartbeat: started.heartbeat_ms.map(Duration::from_millis),
@@ -247,7 +262,9 @@ impl NodeLog {
             | Event::ConnectionClosed { .. }
             | Event::RoutingUpdated { .. }
             | Event::BootstrapCompleted { .. }
-            | Event::WalkCompleted { .. } => {}
+            | Event::WalkCompleted { .. }
+            | Event::CrawlFailed { .. }
+            | Event::CrawlCompleted { .. } => {}
         }
     }
 }

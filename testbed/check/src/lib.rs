@@ -23,6 +23,8 @@
 //! * [`ingest`]: lines → per-node digests ([`ingest::NodeLog`]), streaming, bad lines counted.
 //! * [`verdict`]: digests → [`verdict::Report`]; no I/O.
 //! * [`closest`]: each live node's k closest live peers, for the verdict and the timeline alike.
+//! * [`crawl`]: tables read over the wire by `testbed-crawl`: members known only that way, and
+//!   logged tables compared with what nodes answered.
 //! * [`report`]: the report as a table, JSON or JUnit XML.
 //! * [`source`]: files, stdin, or a compose project's containers (through `testbed-docker`).
 //! * [`timeline`]: when a saved run converged, replaying every snapshot in time order.
@@ -31,6 +33,7 @@
 //! read (no daemon, no such project, no events at all, bad flags).
 
 pub mod closest;
+pub mod crawl;
 pub mod html;
 pub mod ingest;
 pub mod report;
@@ -48,6 +51,8 @@ pub use verdict::{CheckOptions, Report, check};
 pub struct Reader {
     source: Source,
     compose: Option<source::ComposeReader>,
+    /// Crawl files (`testbed-crawl --out`) read beside the source.
+    crawls: Vec<std::path::PathBuf>,
 }
 
 impl Reader {
@@ -56,7 +61,17 @@ impl Reader {
             Source::Compose(project) => Some(source::ComposeReader::new(project)),
             Source::Files(_) => None,
         };
-        Self { source, compose }
+        Self {
+            source,
+            compose,
+            crawls: Vec::new(),
+        }
+    }
+
+    /// Also reads these crawl files (`--crawl`), as of the same instant as the source.
+    pub fn with_crawls(mut self, files: Vec<std::path::PathBuf>) -> Self {
+        self.crawls = files;
+        self
     }
 
     /// Reads what is there now and judges it (as of `opts.at`, if given).
@@ -108,6 +123,14 @@ impl Reader {
             }
             (None, Source::Compose(_)) => unreachable!("compose sources have a reader"),
         };
+        let mut crawl_ingests = Vec::new();
+        for file in &self.crawls {
+            let mut ingest = ingest::Ingest::until(cutoff);
+            source::read_files(file, &mut ingest)?;
+            crawl_ingests.push(ingest);
+        }
+        let ingests: Vec<&ingest::Ingest> =
+            ingests.into_iter().chain(crawl_ingests.iter()).collect();
         let mut report = judge(&self.source, &ingests, &opts)?;
         report.at = cutoff;
         Ok(report)

@@ -28,6 +28,13 @@ struct Cli {
     #[arg(long, value_name = "PATH")]
     logs: Option<PathBuf>,
 
+    /// Also read tables crawled over the wire (a `testbed-crawl --out` file; repeat for more).
+    /// Nodes that answered the crawler but wrote no log are judged on them, and each node's logged
+    /// table is compared with what it answered. A crawler container in the project (compose/crawl.yml)
+    /// is read without this flag.
+    #[arg(long = "crawl", value_name = "FILE")]
+    crawls: Vec<PathBuf>,
+
     /// Re-read until every property holds or this much time has passed (e.g. 60s, 5m).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     wait: Option<Duration>,
@@ -127,7 +134,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = runtime.block_on(judge(&source, &opts, cli.wait, cli.interval));
+    let result = runtime.block_on(judge(&source, &cli.crawls, &opts, cli.wait, cli.interval));
     let report = match result {
         Ok(report) => report,
         Err(e) => {
@@ -220,11 +227,12 @@ fn main() -> ExitCode {
 /// Reads and judges once, or until everything holds or `wait` runs out, showing progress.
 async fn judge(
     source: &Source,
+    crawls: &[PathBuf],
     opts: &CheckOptions,
     wait: Option<Duration>,
     interval: Duration,
 ) -> Result<Report, SourceError> {
-    let mut reader = Reader::new(source.clone());
+    let mut reader = Reader::new(source.clone()).with_crawls(crawls.to_vec());
     // Stdin can be read only once: its whole stream is all there will be.
     let Some(wait) = wait.filter(|_| !source.is_stdin()) else {
         return reader.check(opts).await;

@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 
 use quick_junit::{NonSuccessKind, Report as JunitReport, TestCase, TestCaseStatus, TestSuite};
 
+use crate::crawl::CrawlSummary;
 use crate::verdict::{NodeState, Report, Status, short_id};
 
 /// Above this many nodes the table shows only nodes with a problem, unless `all` is set.
@@ -97,6 +98,9 @@ pub fn human(report: &Report, source: &str, all: bool) -> String {
         }
     }
     let _ = writeln!(out, "      k-closest health: {}", report.closest.sentence());
+    if let Some(crawl) = &report.crawl {
+        crawl_section(&mut out, crawl);
+    }
     for w in &report.warnings {
         let _ = writeln!(out, "note: {w}");
     }
@@ -129,6 +133,76 @@ pub fn human(report: &Report, source: &str, all: bool) -> String {
         report.live
     );
     out
+}
+
+/// What the crawler read: rounds, members known only through it, and logged tables that differ
+/// from what their nodes answered.
+fn crawl_section(out: &mut String, crawl: &CrawlSummary) {
+    let latest = crawl.latest.map_or_else(String::new, |r| {
+        format!(
+            "; latest round {} nodes read, {} failed, {} FIND_NODE requests ({:.1} a node), {:.1} s",
+            r.nodes,
+            r.failed,
+            r.requests,
+            r.requests as f64 / r.nodes.max(1) as f64,
+            r.duration_ms as f64 / 1000.0
+        )
+    });
+    let _ = writeln!(
+        out,
+        "crawl: {} rounds{latest}; {} tables read over the wire, {} agree with what their node \
+         logged, {} differ",
+        crawl.rounds,
+        crawl.read,
+        crawl.compared - crawl.differing.len(),
+        crawl.differing.len()
+    );
+    for m in &crawl.crawled_only {
+        let _ = writeln!(
+            out,
+            "      judged on the crawl alone (no log of ours): {} {} ({}){}",
+            m.name,
+            m.peer_id,
+            m.agent_version.as_deref().unwrap_or("agent unknown"),
+            m.addr
+                .as_deref()
+                .map(|a| format!(" at {a}"))
+                .unwrap_or_default()
+        );
+    }
+    for d in crawl.differing.iter().take(10) {
+        let names = |ids: &[String]| {
+            ids.iter()
+                .map(|id| short_id(id))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let _ = writeln!(
+            out,
+            "      {} logged at {} but answered at {}{}: only logged [{}], only answered [{}]",
+            d.name,
+            d.logged_at,
+            d.crawled_at,
+            if d.complete {
+                ""
+            } else {
+                " (crawl incomplete)"
+            },
+            names(&d.only_logged),
+            names(&d.only_crawled)
+        );
+    }
+    for f in crawl.failures.iter().rev().take(10) {
+        let _ = writeln!(
+            out,
+            "      not read: {} at {}: {}",
+            f.peer_id
+                .as_deref()
+                .map_or_else(|| "seed".to_owned(), short_id),
+            f.addrs.join(", "),
+            f.error
+        );
+    }
 }
 
 /// The report as pretty JSON.

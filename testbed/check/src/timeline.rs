@@ -149,7 +149,12 @@ pub fn replay_dir(dir: &Path, k: usize, threshold: f64) -> Result<Convergence, S
                         },
                     );
                 }
-                Event::RoutingTable { peers, .. } => {
+                // A crawler's tables describe other nodes; the timeline replays nodes' own.
+                Event::RoutingTable {
+                    peers,
+                    crawled: None,
+                    ..
+                } => {
                     let Some(id) = me else { return };
                     let table = peers.iter().map(|p| intern(&p.peer_id)).collect();
                     if let Some(h) = histories.get_mut(&id) {

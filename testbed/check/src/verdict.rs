@@ -10,6 +10,7 @@ use serde::Serialize;
 use testbed_events::{Role, SnapshotReason, Timestamp, kad_key};
 
 use crate::closest::ClosestIndex;
+use crate::crawl::{CrawlFailure, CrawlLog, CrawlSummary, CrawledMember, TableComparison};
 
 use crate::ingest::{LineStats, NodeLog};
 
@@ -157,6 +158,8 @@ pub enum PropertyId {
     /// Every live node of group A holds those of its k closest live peers that are in group B,
     /// and the other way round (scenarios: the two sides of a partition hold each other again).
     Across,
+    /// With a crawl: every peer the crawler met wrote a log or answered it (none unobservable).
+    Observable,
 }
 
 impl PropertyId {
@@ -169,6 +172,7 @@ impl PropertyId {
             PropertyId::FullMesh => "full_mesh",
             PropertyId::Closest => "closest",
             PropertyId::Across => "across",
+            PropertyId::Observable => "observable",
         }
     }
 }
@@ -308,6 +312,9 @@ pub struct Report {
     pub stale: StaleSummary,
     /// k-bucket fill against Kademlia's expectation.
     pub buckets: Vec<BucketFill>,
+    /// What `testbed-crawl` read over the wire, when a log held a crawl.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub crawl: Option<CrawlSummary>,
     pub warnings: Vec<String>,
     pub input: InputSummary,
 }
@@ -332,7 +339,21 @@ impl Report {
 /// Judges the network described by `logs`.
 pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Report {
     let mut warnings = Vec::new();
-    let nodes = identified_nodes(logs, &mut warnings);
+    // Tables read over the wire by testbed-crawl, when a log holds some: nodes that answered it
+    // but wrote no log of ours are judged on them.
+    let crawl = CrawlLog::merged(logs.iter().map(|l| &l.crawl));
+    let logged: HashSet<&str> = logs
+        .iter()
+        .flat_map(|l| {
+            l.peer_id
+                .as_deref()
+                .into_iter()
+                .chain(l.former_ids.iter().map(|(id, _)| id.as_str()))
+        })
+        .collect();
+    let members = crawl.members(&logged);
+    let logs: Vec<&NodeLog> = logs.iter().copied().chain(&members).collect();
+    let nodes = identified_nodes(&logs, &mut warnings);
     let (states, shutdown) = classify(&nodes, opts.shutdown_gap, opts.shutdown_at);
     let judged_before_shutdown = shutdown.all_down;
 
@@ -472,6 +493,15 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
     if let Some(across) = &opts.across {
         properties.push(held_across(&ctx, &closest.index, &tables, across));
     }
+    let crawl_summary = (!crawl.is_empty()).then(|| {
+        let known: HashSet<&str> = logged
+            .iter()
+            .copied()
+            .chain(members.iter().filter_map(|m| m.peer_id.as_deref()))
+            .collect();
+        properties.push(observable(&crawl, &known));
+        crawl_summary(&crawl, &nodes, &judged, &mut warnings)
+    });
 
     if judged.is_empty() {
         let why = if nodes.is_empty() {
@@ -525,8 +555,99 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         },
         stale,
         buckets: bucket_fill(&nodes, &judged, opts.closest_k),
+        crawl: crawl_summary,
         warnings,
         input,
+    }
+}
+
+/// `observable`: every peer the crawler tried is described by a log or by what it answered.
+fn observable(crawl: &CrawlLog, known: &HashSet<&str>) -> PropertyResult {
+    let unseen = crawl.unobservable(known);
+    let of = crawl.tables.len() + unseen.len();
+    let failures = unseen
+        .iter()
+        .map(|f| {
+            format!(
+                "{} at {}: no log here, and the crawler could not read its table: {}",
+                f.peer_id
+                    .as_deref()
+                    .map_or_else(|| "?".to_owned(), short_id),
+                if f.addrs.is_empty() {
+                    "no known address".to_owned()
+                } else {
+                    f.addrs.join(", ")
+                },
+                f.error
+            )
+        })
+        .collect::<Vec<_>>();
+    PropertyResult {
+        id: PropertyId::Observable,
+        title: "every peer the crawler met wrote a log or answered FIND_NODE".to_owned(),
+        status: if failures.is_empty() {
+            Status::Pass
+        } else {
+            Status::Fail
+        },
+        holds: of - failures.len(),
+        of,
+        failures,
+    }
+}
+
+/// The crawl's section of the report, and a warning when nodes answered other than they logged.
+fn crawl_summary(
+    crawl: &CrawlLog,
+    nodes: &[&NodeLog],
+    judged: &[usize],
+    warnings: &mut Vec<String>,
+) -> CrawlSummary {
+    let judged_nodes: Vec<&NodeLog> = judged.iter().map(|&i| nodes[i]).collect();
+    let comparisons = crawl.compare(&judged_nodes);
+    let differing: Vec<TableComparison> = comparisons
+        .iter()
+        .filter(|c| !c.agrees())
+        .cloned()
+        .collect();
+    if !differing.is_empty() {
+        warnings.push(format!(
+            "crawl: {} of {} nodes answered FIND_NODE with other peers than their latest logged \
+             table holds ({}); a table that changed between the snapshot and the crawl differs \
+             too, see the crawl section for both instants",
+            differing.len(),
+            comparisons.len(),
+            abbreviated(
+                &differing
+                    .iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>(),
+                5
+            )
+        ));
+    }
+    let mut failures: Vec<CrawlFailure> = crawl.failures.values().cloned().collect();
+    failures.sort_by_key(|f| f.ts);
+    CrawlSummary {
+        rounds: crawl.rounds.len(),
+        latest: crawl.rounds.last().copied(),
+        read: crawl.tables.len(),
+        crawled_only: nodes
+            .iter()
+            .filter(|n| n.crawled_only)
+            .map(|n| {
+                let peer = n.peer_id.clone().unwrap_or_default();
+                CrawledMember {
+                    name: n.name.clone(),
+                    addr: crawl.tables.get(&peer).and_then(|t| t.crawled.addr.clone()),
+                    agent_version: n.agent_version.clone(),
+                    peer_id: peer,
+                }
+            })
+            .collect(),
+        compared: comparisons.len(),
+        differing,
+        failures,
     }
 }
 
@@ -536,7 +657,7 @@ fn identified_nodes<'a>(logs: &[&'a NodeLog], warnings: &mut Vec<String>) -> Vec
     let mut nameless = Vec::new();
     for &log in logs {
         let Some(peer) = log.peer_id.as_deref() else {
-            if log.lines.events > 0 {
+            if log.lines.events > 0 && log.crawl.is_empty() {
                 nameless.push(log.name.as_str());
             }
             continue;
@@ -625,7 +746,13 @@ fn classify(
         .iter()
         .map(|n| end_of_logs.map_or(n.is_down(), |now| n.is_down_as_of(now)))
         .collect();
-    let all_down = !nodes.is_empty() && down.iter().all(|d| *d);
+    // Whether the run is over is for the nodes' own logs to say: a node known only from a crawl
+    // is merely not read since the last round (the crawler stops with the run too).
+    let logged = nodes.iter().zip(&down).filter(|(n, _)| !n.crawled_only);
+    let all_down = match logged.clone().count() {
+        0 => !nodes.is_empty() && down.iter().all(|d| *d),
+        _ => logged.clone().all(|(_, d)| *d),
+    };
     let wave_start = match shutdown_at {
         Some(at) => Some(at),
         None => all_down.then(|| last_wave_of_stops(nodes, gap)),
@@ -634,6 +761,7 @@ fn classify(
         .iter()
         .zip(&down)
         .map(|(n, down)| match (down, wave_start) {
+            (false, Some(_)) if all_down && n.crawled_only => NodeState::StoppedWithRun,
             (false, _) => NodeState::Live,
             (true, Some(start)) if n.down_at().is_some_and(|t| t >= start) => {
                 NodeState::StoppedWithRun
@@ -1260,6 +1388,7 @@ mod tests {
                         bucket: 0,
                     })
                     .collect(),
+                crawled: None,
             },
         )
     }
@@ -1343,6 +1472,104 @@ mod tests {
                 PropertyId::Seen
             ),
             Status::Pass
+        );
+    }
+
+    /// A crawler's log: `node`'s table as it answered FIND_NODE at `t`.
+    fn crawled(t: u64, node: &str, peers: &[String]) -> Envelope {
+        envelope(
+            t,
+            Event::RoutingTable {
+                reason: SnapshotReason::Crawl,
+                size: peers.len(),
+                peers: peers
+                    .iter()
+                    .map(|p| TableEntry {
+                        peer_id: p.clone(),
+                        bucket: 0,
+                    })
+                    .collect(),
+                crawled: Some(testbed_events::Crawled {
+                    peer_id: node.to_owned(),
+                    addr: Some("/ip4/10.0.0.9/tcp/4001".into()),
+                    agent_version: Some("py-libp2p/0.8.1".into()),
+                    requests: 2,
+                    complete: true,
+                }),
+            },
+        )
+    }
+
+    #[test]
+    fn a_node_that_only_answers_the_crawler_is_judged_as_a_member() {
+        // Nodes 0-2 log; node 3 writes nothing but answers the crawler. Everyone holds everyone.
+        let mut logs = full_network(4);
+        let foreign = id(3);
+        let others: Vec<String> = (0..3).map(id).collect();
+        logs[3] = vec![crawled(2, &foreign, &others)];
+        let report = judge(logs.clone(), &CheckOptions::default());
+        assert!(report.passed, "{report:#?}");
+        assert_eq!(report.live, 4, "the foreign node counts");
+        assert_eq!(status(&report, PropertyId::Observable), Status::Pass);
+        let crawl = report.crawl.as_ref().expect("a crawl section");
+        assert_eq!(crawl.crawled_only.len(), 1);
+        assert_eq!(
+            crawl.crawled_only[0].agent_version.as_deref(),
+            Some("py-libp2p/0.8.1")
+        );
+
+        // Now nobody lists it: `seen` must fail and name it, as for a logged node.
+        for (i, events) in logs.iter_mut().enumerate().take(3) {
+            let others: Vec<String> = (0..3).filter(|&j| j != i).map(id).collect();
+            events.push(table(3, &others));
+        }
+        let report = judge(logs, &CheckOptions::default());
+        assert_eq!(status(&report, PropertyId::Seen), Status::Fail);
+        let failures = &report.property(PropertyId::Seen).expect("seen").failures;
+        assert!(failures[0].contains("crawled:"), "{failures:?}");
+    }
+
+    #[test]
+    fn a_peer_with_no_log_that_the_crawler_cannot_read_fails_observable() {
+        let mut logs = full_network(3);
+        logs.push(vec![envelope(
+            2,
+            Event::CrawlFailed {
+                peer_id: Some(id(7)),
+                addrs: vec!["/ip4/10.0.0.7/tcp/4001".into()],
+                error: "does not speak /ipfs/kad/1.0.0 (not a Kademlia server)".into(),
+            },
+        )]);
+        let report = judge(logs, &CheckOptions::default());
+        assert!(!report.passed);
+        let p = report.property(PropertyId::Observable).expect("judged");
+        assert_eq!(p.status, Status::Fail);
+        assert!(p.failures[0].contains("10.0.0.7"), "{:?}", p.failures);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .all(|w| !w.contains("no node_started")),
+            "a crawler's log is not a broken node log: {:?}",
+            report.warnings
+        );
+    }
+
+    #[test]
+    fn a_node_that_answers_other_than_it_logged_is_shown() {
+        let mut logs = full_network(3);
+        // Node 0 answers with node 1 only; its log says 1 and 2.
+        logs.push(vec![crawled(2, &id(0), &[id(1)])]);
+        let report = judge(logs, &CheckOptions::default());
+        let crawl = report.crawl.as_ref().expect("a crawl section");
+        assert_eq!(crawl.compared, 1);
+        assert_eq!(crawl.differing.len(), 1);
+        assert_eq!(crawl.differing[0].only_logged, [id(2)]);
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.starts_with("crawl: 1 of 1"))
         );
     }
 

@@ -31,6 +31,19 @@
 //! {"v":1,"ts":"2026-11-25T10:05:00.001Z","type":"node_stopping","reason":"SIGTERM","uptime_ms":300001}
 //! ```
 //!
+//! # Crawled tables
+//!
+//! `testbed-crawl` reads tables over the wire instead (FIND_NODE per bucket), for nodes that write
+//! none of this. It writes the same `routing_table` event with `"reason":"crawl"` and a
+//! [`Crawled`] field naming the node it describes, a `crawl_failed` per node it could not read and
+//! a `crawl_completed` per round:
+//!
+//! ```text
+//! {"v":1,"ts":"…","type":"routing_table","reason":"crawl","size":9,"peers":[…],"crawled":{"peer_id":"12D3KooW…","addr":"/ip4/172.18.0.5/tcp/4001","agent_version":"kad-node/0.1.0","requests":2,"complete":true}}
+//! {"v":1,"ts":"…","type":"crawl_failed","peer_id":"12D3KooW…","addrs":["/ip4/172.18.0.9/tcp/4001"],"error":"…"}
+//! {"v":1,"ts":"…","type":"crawl_completed","nodes":9,"failed":1,"requests":19,"duration_ms":212}
+//! ```
+//!
 //! # Compatibility rules
 //!
 //! * **New event types may appear; readers skip what they don't know.** They parse as
@@ -128,6 +141,27 @@ pub enum SnapshotReason {
     Heartbeat,
     /// The node is stopping: this is its final table.
     Shutdown,
+    /// Not written by the node: `testbed-crawl` asked it over the wire (one FIND_NODE per
+    /// bucket). Such an event carries [`Crawled`], naming the node it describes.
+    Crawl,
+}
+
+/// Whose table a crawled `routing_table` is, and how the crawler read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Crawled {
+    /// The node that answered (the table is *its* table, not the crawler's).
+    pub peer_id: String,
+    /// The address the crawler reached it on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// What Identify said it runs, e.g. `go-libp2p/0.36`, when it answered Identify.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// FIND_NODE requests it answered for this table.
+    pub requests: u32,
+    /// `false` when the crawl stopped before the table's deepest bucket (a request failed or the
+    /// crawler's bucket limit was hit): the peers listed are then a lower bound.
+    pub complete: bool,
 }
 
 /// What started a Kademlia bootstrap.
@@ -322,6 +356,31 @@ pub enum Event {
         size: usize,
         /// Every peer in the table with its bucket.
         peers: Vec<TableEntry>,
+        /// Set only by `testbed-crawl` (with reason `crawl`): the node whose table this is. A
+        /// node's own snapshots leave it out, and the table is the writer's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        crawled: Option<Crawled>,
+    },
+    /// Written by `testbed-crawl`: a node it could not read (no connection, no answer, or an
+    /// answer that is not a FIND_NODE response).
+    CrawlFailed {
+        /// The node, when known (a seed address without `/p2p/` that never answered has none).
+        peer_id: Option<String>,
+        /// The addresses tried.
+        addrs: Vec<String>,
+        /// Why, with the cause chain.
+        error: String,
+    },
+    /// Written by `testbed-crawl` at the end of each crawl round.
+    CrawlCompleted {
+        /// Nodes whose table was read (a `routing_table` event each).
+        nodes: usize,
+        /// Nodes that could not be read (a `crawl_failed` event each).
+        failed: usize,
+        /// FIND_NODE requests sent in all.
+        requests: u64,
+        /// From the first dial to the last answer.
+        duration_ms: u64,
     },
     /// The node is stopping. The last event of an incarnation; the final `routing_table` comes just
     /// before it.
@@ -353,6 +412,8 @@ impl Event {
             Event::WalkCompleted { .. } => "walk_completed",
             Event::RoutingTable { .. } => "routing_table",
             Event::NodeStopping { .. } => "node_stopping",
+            Event::CrawlFailed { .. } => "crawl_failed",
+            Event::CrawlCompleted { .. } => "crawl_completed",
             Event::Unknown => "unknown",
         }
     }
@@ -512,6 +573,30 @@ mod tests {
                     peer_id: peer(),
                     bucket: 254,
                 }],
+                crawled: None,
+            },
+            Event::RoutingTable {
+                reason: SnapshotReason::Crawl,
+                size: 0,
+                peers: vec![],
+                crawled: Some(Crawled {
+                    peer_id: peer(),
+                    addr: Some("/ip4/172.18.0.3/tcp/4001".into()),
+                    agent_version: Some("go-libp2p/0.36.2".into()),
+                    requests: 1,
+                    complete: true,
+                }),
+            },
+            Event::CrawlFailed {
+                peer_id: None,
+                addrs: vec!["/dns4/bootstrap/tcp/4001".into()],
+                error: "Connection refused".into(),
+            },
+            Event::CrawlCompleted {
+                nodes: 10,
+                failed: 1,
+                requests: 31,
+                duration_ms: 240,
             },
             Event::NodeStopping {
                 reason: "SIGTERM".into(),
@@ -539,8 +624,13 @@ mod tests {
                 peer_id: peer(),
                 bucket: 3,
             }],
+            crawled: None,
         })
         .to_line();
+        assert!(
+            !line.contains("crawled"),
+            "a node's own table has no crawl field"
+        );
         let value: serde_json::Value = serde_json::from_str(&line).expect("valid json");
         assert!(value["peers"].is_array());
         assert_eq!(value["peers"][0]["bucket"], 3);
