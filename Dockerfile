@@ -1,14 +1,17 @@
-# kad-node: the static binary alone, FROM scratch, as a non-root user.
+# kad-node (and testbed-crawl, which compose/crawl.yml runs): static binaries alone, FROM scratch,
+# as a non-root user.
 #
 # Build the binary first (no registry needed; `cargo run -p testbed -- image` does both steps):
 #   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-#     cargo build --release --locked --target x86_64-unknown-linux-gnu -p kad-node
+#     cargo build --release --locked --target x86_64-unknown-linux-gnu -p kad-node -p testbed-crawl
 #   docker build -t kad-testbed/kad-node:dev .
 # No Linux toolchain (macOS)? docker/source.Dockerfile builds the same image from source.
 FROM scratch
 
 ARG KAD_NODE_BIN=target/x86_64-unknown-linux-gnu/release/kad-node
+ARG KAD_CRAWL_BIN=target/x86_64-unknown-linux-gnu/release/testbed-crawl
 COPY ${KAD_NODE_BIN} /kad-node
+COPY ${KAD_CRAWL_BIN} /testbed-crawl
 # A /tmp the node's user owns, for the health file when no tmpfs is mounted there
 # (docker-compose.yml mounts one, because its root filesystem is read-only).
 COPY --chown=65532:65532 docker/tmp/ /tmp/

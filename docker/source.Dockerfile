@@ -11,11 +11,13 @@ COPY . .
 RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
  && CARGO_TARGET_DIR=/target \
     RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --release --locked --target "$target" -p kad-node \
- && cp "/target/$target/release/kad-node" /kad-node
+    cargo build --release --locked --target "$target" -p kad-node -p testbed-crawl \
+ && cp "/target/$target/release/kad-node" /kad-node \
+ && cp "/target/$target/release/testbed-crawl" /testbed-crawl
 
 FROM scratch
 COPY --from=build /kad-node /kad-node
+COPY --from=build /testbed-crawl /testbed-crawl
 COPY --chown=65532:65532 docker/tmp/ /tmp/
 USER 65532:65532
 ENV KAD_HEALTH_FILE=/tmp/kad-node.health

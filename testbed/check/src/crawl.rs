@@ -182,18 +182,30 @@ impl CrawlLog {
             .collect()
     }
 
-    /// For each node that both logged a table and answered the crawler: the difference.
+    /// For each node that both logged a table and answered the crawler: the difference, against
+    /// the table it logged as of the crawl. A table that changed while the crawler read it agrees
+    /// when it equals the snapshot before the crawl or the one right after.
     pub fn compare(&self, nodes: &[&NodeLog]) -> Vec<TableComparison> {
         nodes
             .iter()
             .filter(|n| !n.crawled_only)
             .filter_map(|n| {
                 let crawled = self.tables.get(n.peer_id.as_deref()?)?;
-                let logged = n.table.as_ref()?;
+                let snapshots: Vec<&Snapshot> =
+                    n.earlier_tables.iter().chain(n.table.as_ref()).collect();
+                let before = snapshots.iter().rev().find(|s| s.ts <= crawled.ts);
+                let after = snapshots.iter().find(|s| s.ts > crawled.ts);
                 let ids = |peers: &[TableEntry]| -> BTreeSet<String> {
                     peers.iter().map(|p| p.peer_id.clone()).collect()
                 };
-                let (l, c) = (ids(&logged.peers), ids(&crawled.peers));
+                let c = ids(&crawled.peers);
+                let agrees = |s: &&&Snapshot| ids(&s.peers) == c;
+                let logged = before
+                    .filter(agrees)
+                    .or(after.filter(agrees))
+                    .or(before)
+                    .or(after)?;
+                let l = ids(&logged.peers);
                 Some(TableComparison {
                     name: n.name.clone(),
                     peer_id: n.peer_id.clone().unwrap_or_default(),
@@ -383,5 +395,44 @@ mod tests {
         assert!(!diffs[0].agrees());
         assert_eq!(diffs[0].only_logged, ["D"]);
         assert_eq!(diffs[0].only_crawled, ["C"]);
+    }
+
+    #[test]
+    fn a_crawl_is_compared_with_the_table_of_its_moment() {
+        let entries = |ids: &[&str]| -> Vec<TableEntry> {
+            ids.iter()
+                .map(|p| TableEntry {
+                    peer_id: (*p).to_owned(),
+                    bucket: 255,
+                })
+                .collect()
+        };
+        let mut node = NodeLog::new("peer_1");
+        node.peer_id = Some("A".into());
+        // Logged: {B} at 5, {B, C} at 20 (latest). Crawled at 10: {B}, as it was then.
+        node.earlier_tables.push_back(Snapshot {
+            ts: at(5),
+            reason: SnapshotReason::Changed,
+            peers: entries(&["B"]),
+        });
+        node.table = Some(Snapshot {
+            ts: at(20),
+            reason: SnapshotReason::Changed,
+            peers: entries(&["B", "C"]),
+        });
+        let mut crawl = CrawlLog::default();
+        crawl.apply(at(10), table("A", &["B"]));
+        assert!(crawl.compare(&[&node])[0].agrees());
+        // Read while C was being added (the node logs after its debounce): the next one agrees.
+        crawl.apply(at(15), table("A", &["B", "C"]));
+        assert!(crawl.compare(&[&node])[0].agrees());
+        // Neither: it differs, shown against the table before the crawl.
+        crawl.apply(at(16), table("A", &["D"]));
+        let diff = &crawl.compare(&[&node])[0];
+        assert!(!diff.agrees());
+        assert_eq!(
+            (diff.logged_at, diff.only_logged.clone()),
+            (at(5), vec!["B".to_owned()])
+        );
     }
 }

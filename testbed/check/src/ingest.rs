@@ -29,6 +29,10 @@ pub fn silent(heartbeat: Duration, last: Timestamp, now: Timestamp) -> bool {
 /// node's own health check allows three too (see the node's `--heartbeat`).
 pub const SILENT_HEARTBEATS: u32 = 3;
 
+/// Tables kept before a node's latest (see [`NodeLog::earlier_tables`]): with a heartbeat of
+/// 30 s, the last two minutes of a quiet node.
+pub const EARLIER_TABLES: usize = 4;
+
 /// A routing-table snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
@@ -55,6 +59,9 @@ pub struct NodeLog {
     pub last_event: Option<Timestamp>,
     /// The latest routing table of the latest incarnation.
     pub table: Option<Snapshot>,
+    /// The few tables before it, oldest first (up to [`EARLIER_TABLES`]): what a crawl that read
+    /// the node a moment ago is compared with.
+    pub earlier_tables: std::collections::VecDeque<Snapshot>,
     /// When and why the node said it was stopping.
     pub stopped: Option<(Timestamp, String)>,
     /// The Docker source saw the container not running (exited, dead…).
@@ -219,7 +226,12 @@ impl NodeLog {
                 };
             }
             Event::RoutingTable { reason, peers, .. } => {
-                self.table = Some(Snapshot { ts, reason, peers });
+                if let Some(old) = self.table.replace(Snapshot { ts, reason, peers }) {
+                    if self.earlier_tables.len() == EARLIER_TABLES {
+                        self.earlier_tables.pop_front();
+                    }
+                    self.earlier_tables.push_back(old);
+                }
             }
             Event::NodeStopping { reason, .. } => self.stopped = Some((ts, reason)),
             Event::ConnectionEstablished { peer_id, .. } => {

@@ -223,6 +223,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                 window: args.heal_window,
             }),
             scenario: None,
+            crawl: false,
         };
         let outcome = run::execute(&spec, &docker).await;
         if let Some(signal) = outcome.interrupted {

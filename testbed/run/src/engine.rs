@@ -45,7 +45,11 @@ pub async fn wait_running(
     let started = Instant::now();
     loop {
         let containers = project_containers(docker, project).await?;
-        let running = containers.iter().filter(|(_, r)| *r).count();
+        // Nodes only: a crawler (compose/crawl.yml) is not one of the `expected`.
+        let running = containers
+            .iter()
+            .filter(|(name, r)| *r && is_node(short_name(name, project)))
+            .count();
         progress(running);
         if running >= expected {
             return Ok(started.elapsed());
@@ -74,6 +78,9 @@ pub async fn running_members(
             continue;
         }
         let short = short_name(&name, project);
+        if !is_node(short) {
+            continue;
+        }
         if short.starts_with("bootstrap") {
             bootstrap = Some(name.clone());
         } else if let Some(n) = short
@@ -86,6 +93,12 @@ pub async fn running_members(
     }
     peers.sort_unstable();
     Ok((bootstrap, peers))
+}
+
+/// Whether a container (by its short name, `peer_3` or `bootstrap-1`) is one of the DHT's nodes
+/// rather than a helper such as the crawler.
+pub fn is_node(short: &str) -> bool {
+    short.starts_with("bootstrap") || short.starts_with("peer")
 }
 
 /// `count` of `peers`, spread evenly over their numbers (so a share of them is not one block).

@@ -52,6 +52,8 @@ pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
                         TARGET,
                         "-p",
                         "kad-node",
+                        "-p",
+                        "testbed-crawl",
                     ])
                     // Static glibc: the image has no libc. Only this target's artifacts get the
                     // flag, so host builds and tests are untouched.
@@ -59,7 +61,7 @@ pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
                         "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
                         "-C target-feature=+crt-static",
                     ),
-                "building the static kad-node binary",
+                "building the static kad-node and testbed-crawl binaries",
             )?;
             run(
                 Command::new("docker").current_dir(root).args([

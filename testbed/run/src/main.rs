@@ -110,6 +110,11 @@ struct UpArgs {
     #[arg(long = "overlay", value_name = "FILE")]
     overlays: Vec<PathBuf>,
 
+    /// Also run the crawler (compose/crawl.yml): it reads every node's table over the wire, and
+    /// the verdict judges nodes that answer it even when they write no events of ours.
+    #[arg(long)]
+    crawl: bool,
+
     /// Leave the network running after the check.
     #[arg(long)]
     keep: bool,
@@ -228,6 +233,9 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
+    if args.crawl {
+        args.overlays.push(root.join("compose/crawl.yml"));
+    }
     let nodes = args.peers + 1;
     // Compose runs in the workspace root: resolve overlays against where the user is.
     let overlays = args
@@ -289,6 +297,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
             kind: if scenario.is_some() { "scenario" } else { "up" },
             churn: None,
             scenario: scenario.clone(),
+            crawl: overlays.iter().any(|o| o.ends_with("compose/crawl.yml")),
         };
         let outcome = run::execute(&spec, &docker).await;
         worst = worst.max(outcome.exit_code());

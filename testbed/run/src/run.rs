@@ -48,7 +48,14 @@ pub struct RunSpec {
     pub churn: Option<Churn>,
     /// Once the network formed: play this scenario (`up --scenario`).
     pub scenario: Option<Scenario>,
+    /// A crawler runs beside the nodes (compose/crawl.yml): once the network formed, the run
+    /// waits for a crawl round that began after it, and is judged with that round.
+    pub crawl: bool,
 }
+
+/// How long after the network formed a fresh crawl round may take to finish: the crawler's
+/// default interval (10 s) plus its per-node timeout (30 s), with room to spare.
+const CRAWL_ROUND_WAIT: Duration = Duration::from_secs(90);
 
 /// Churn after the network formed: SIGKILL `share` of the peers, then watch for `window`.
 #[derive(Debug, Clone, Copy)]
@@ -439,6 +446,9 @@ async fn bring_up_and_check(
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+    if spec.crawl && report.as_ref().is_some_and(|r| r.passed) {
+        report = Some(fresh_crawl(&mut reader, &spec.check).await?);
+    }
     outcome.check_seconds = Some(checking.elapsed().as_secs_f64());
     outcome.checked_at = Some(testbed_events::Timestamp::now());
     outcome.load_average = std::fs::read_to_string("/proc/loadavg")
@@ -529,6 +539,36 @@ async fn bring_up_and_check(
     outcome.passed = report.passed;
     outcome.report = Some(report);
     Ok(())
+}
+
+/// Waits for a crawl round that began now or later to finish, and judges the network with it:
+/// a round from before the network formed would compare tables that have changed since.
+async fn fresh_crawl(reader: &mut Reader, check: &CheckOptions) -> anyhow::Result<Report> {
+    let formed = testbed_events::Timestamp::now();
+    say("waiting for a crawl round that begins after the network formed");
+    let waiting = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let report = reader.check(check).await?;
+        let round = report.crawl.as_ref().and_then(|c| c.latest);
+        if let Some(round) = round.filter(|r| r.began() >= formed) {
+            say(&format!(
+                "crawl: {} nodes read over the wire, {} not, {} FIND_NODE requests in {:.1} s",
+                round.nodes,
+                round.failed,
+                round.requests,
+                round.duration_ms as f64 / 1000.0
+            ));
+            return Ok(report);
+        }
+        if waiting.elapsed() >= CRAWL_ROUND_WAIT {
+            anyhow::bail!(
+                "crawl: no crawl round finished within {}s after the network formed (see the \
+                 crawler's log in the run folder; is compose/crawl.yml's crawler running?)",
+                CRAWL_ROUND_WAIT.as_secs()
+            );
+        }
+    }
 }
 
 /// Kills `churn.share` of the peers (spread evenly over their numbers), then checks the live
