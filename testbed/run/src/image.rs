@@ -90,6 +90,48 @@ pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// The foreign node's image tag (compose/foreign.yml's default).
+pub const FOREIGN_IMAGE: &str = "kad-testbed/foreign-kad-node:dev";
+
+/// Where the foreign node's sources are: its own cargo workspace and lock file.
+const FOREIGN_DIR: &str = "foreign/rust-libp2p-0.53";
+
+/// Builds the foreign node's image (rust-libp2p 0.53, see foreign/rust-libp2p-0.53) from a
+/// static binary built here, as [`build`] does for kad-node. Only the host build exists for it:
+/// `Source` mode, for machines without a Linux toolchain, is refused with what to do instead.
+pub fn build_foreign(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
+    match mode {
+        BuildMode::None => Ok(()),
+        BuildMode::Source => bail!(
+            "the foreign node builds only on x86-64 Linux here; build your own image and name it \
+             with KAD_FOREIGN_IMAGE (README, \"Bring your own node\")"
+        ),
+        BuildMode::Host => {
+            let dir = root.join(FOREIGN_DIR);
+            eprintln!("testbed: building image {image} (rust-libp2p 0.53, {FOREIGN_DIR})");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            run(
+                Command::new(cargo)
+                    .current_dir(&dir)
+                    .args(["build", "--release", "--locked", "--target", TARGET])
+                    // Not this workspace's target dir: the foreign node has its own lock file.
+                    .env_remove("CARGO_TARGET_DIR")
+                    .env(
+                        "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                        "-C target-feature=+crt-static",
+                    ),
+                "building the static foreign node",
+            )?;
+            run(
+                Command::new("docker")
+                    .current_dir(&dir)
+                    .args(["build", "--quiet", "-t", image, "."]),
+                "docker build (foreign node)",
+            )
+        }
+    }
+}
+
 fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let status = cmd
         .status()

@@ -115,6 +115,12 @@ struct UpArgs {
     #[arg(long)]
     crawl: bool,
 
+    /// Also run M foreign nodes (compose/foreign.yml): Kademlia servers of another
+    /// implementation that write none of our events, judged through the crawler (implies
+    /// --crawl). The default image, rust-libp2p 0.53, is built here; KAD_FOREIGN_IMAGE runs yours.
+    #[arg(long, value_name = "M", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+    foreign: u16,
+
     /// Leave the network running after the check.
     #[arg(long)]
     keep: bool,
@@ -233,8 +239,12 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
         }
         None => None,
     };
-    if args.crawl {
+    let foreign = usize::from(args.foreign);
+    if args.crawl || foreign > 0 {
         args.overlays.push(root.join("compose/crawl.yml"));
+    }
+    if foreign > 0 {
+        args.overlays.push(root.join("compose/foreign.yml"));
     }
     let nodes = args.peers + 1;
     // Compose runs in the workspace root: resolve overlays against where the user is.
@@ -256,6 +266,10 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
     let docker = testbed_docker::connect().await?;
     let compose = Compose::detect()?;
     build_image(&args.image)?;
+    if foreign > 0 && std::env::var_os("KAD_FOREIGN_IMAGE").is_none() {
+        let mode = args.image.build.unwrap_or_else(BuildMode::auto);
+        image::build_foreign(mode, image::FOREIGN_IMAGE, &root)?;
+    }
     let commit = commit(&root);
     let mut entries = Vec::new();
     let mut worst = 0;
@@ -289,10 +303,17 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
             check: CheckOptions {
                 full_mesh: args.full_mesh,
                 closest_threshold: args.closest_threshold,
-                expect_nodes: Some(nodes),
+                // Foreign nodes count once the crawler has read them.
+                expect_nodes: Some(nodes + foreign),
                 ..CheckOptions::default()
             },
-            env: scenario.as_ref().map(scenario_env).unwrap_or_default(),
+            env: scenario
+                .as_ref()
+                .map(scenario_env)
+                .unwrap_or_default()
+                .into_iter()
+                .chain((foreign > 0).then(|| ("KAD_FOREIGN_PEERS".to_owned(), foreign.to_string())))
+                .collect(),
             settle: None,
             kind: if scenario.is_some() { "scenario" } else { "up" },
             churn: None,
