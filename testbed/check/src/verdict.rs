@@ -655,10 +655,15 @@ fn crawl_summary(
 fn identified_nodes<'a>(logs: &[&'a NodeLog], warnings: &mut Vec<String>) -> Vec<&'a NodeLog> {
     let mut by_peer: HashMap<&str, &NodeLog> = HashMap::new();
     let mut nameless = Vec::new();
+    let mut silent = Vec::new();
     for &log in logs {
         let Some(peer) = log.peer_id.as_deref() else {
             if log.lines.events > 0 && log.crawl.is_empty() {
                 nameless.push(log.name.as_str());
+            } else if log.lines.events == 0 && log.lines.lines > 1 {
+                // A container that writes plain text: another implementation, or a crash
+                // message. (One line alone is a `compose logs` banner.)
+                silent.push(format!("{} ({} lines)", log.name, log.lines.lines));
             }
             continue;
         };
@@ -683,6 +688,14 @@ fn identified_nodes<'a>(logs: &[&'a NodeLog], warnings: &mut Vec<String>) -> Vec
              cannot be judged: {}",
             nameless.len(),
             abbreviated(&nameless, 5)
+        ));
+    }
+    if !silent.is_empty() {
+        warnings.push(format!(
+            "{} logs hold no kad-testbed event, so they are not judged as logs: {}. A node of \
+             another implementation is judged through the crawler (compose/crawl.yml, --crawl)",
+            silent.len(),
+            abbreviated(&silent, 5)
         ));
     }
     let mut nodes: Vec<&NodeLog> = by_peer.into_values().collect();
@@ -1551,6 +1564,29 @@ mod tests {
                 .iter()
                 .all(|w| !w.contains("no node_started")),
             "a crawler's log is not a broken node log: {:?}",
+            report.warnings
+        );
+    }
+
+    #[test]
+    fn a_container_that_writes_no_events_is_named() {
+        let mut ingest = crate::ingest::Ingest::new();
+        for line in ["foreign-kad-node: peer id 12D3…", "joined through 12D3…"] {
+            ingest.push_line("foreign_1", line);
+        }
+        let logs: Vec<NodeLog> = full_network(2)
+            .into_iter()
+            .enumerate()
+            .map(|(i, events)| NodeLog::from_events(&format!("n{i}"), events))
+            .collect();
+        let refs: Vec<&NodeLog> = logs.iter().chain(ingest.logs()).collect();
+        let report = check(&refs, &CheckOptions::default(), InputSummary::default());
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("no kad-testbed event") && w.contains("foreign_1 (2 lines)")),
+            "{:?}",
             report.warnings
         );
     }

@@ -7,6 +7,7 @@
 //!   timestamps, lines Docker split at 16 KiB put back together).
 //! * [`process_and_addresses`]: a container's main process and IPv4 addresses, to enter its
 //!   network namespace from outside (the orchestrator's network faults).
+//! * [`attached_containers`]: who still holds a network (teardown names them).
 //! * [`default_project_name`], [`normalize_project_name`]: compose's project naming.
 //!
 //! Nothing here decides anything: waiting, teardown and the verdict live with their callers.
@@ -78,6 +79,29 @@ pub async fn project_containers(
             Some((name, running))
         })
         .collect())
+}
+
+/// The names of the containers attached to `network` (by name or id).
+pub async fn attached_containers(
+    docker: &Docker,
+    network: &str,
+) -> Result<Vec<String>, DockerError> {
+    let inspect = docker
+        .inspect_network(network, None)
+        .await
+        .map_err(|e| DockerError::Api(e.to_string()))?;
+    let mut names: Vec<String> = inspect
+        .containers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(id, endpoint)| {
+            endpoint
+                .name
+                .unwrap_or_else(|| id.chars().take(12).collect())
+        })
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 /// A container's name without its compose project prefix: `peer_3` (v1) or `peer-3` (v2).

@@ -189,17 +189,29 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
             .await
             .unwrap_or_default()
     };
+    // Networks another container still holds, with who holds them: retrying will not help.
+    let mut held: HashMap<String, Vec<String>> = HashMap::new();
     for attempt in 0..5u32 {
         let networks = list_networks().await;
         if networks.is_empty() {
             break;
         }
         for network in networks {
-            if let Some(name) = network.name
-                && docker.remove_network(&name).await.is_ok()
-            {
+            let Some(name) = network.name else { continue };
+            if docker.remove_network(&name).await.is_ok() {
                 result.networks_removed += 1;
+                continue;
             }
+            // Every container of the project is gone by now: whoever is attached is not ours.
+            match testbed_docker::attached_containers(docker, &name).await {
+                Ok(others) if !others.is_empty() => {
+                    held.insert(name, others);
+                }
+                _ => {}
+            }
+        }
+        if !held.is_empty() {
+            break;
         }
         tokio::time::sleep(Duration::from_secs(1 << attempt)).await;
     }
@@ -211,10 +223,19 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
         );
     }
     for network in list_networks().await {
-        result.leftovers.push(format!(
-            "network {} (if it reports active endpoints, only restarting the Docker daemon clears it)",
-            network.name.unwrap_or_default()
-        ));
+        let name = network.name.unwrap_or_default();
+        result.leftovers.push(match held.get(&name) {
+            Some(others) => format!(
+                "network {name}: containers that are not this project's are still attached \
+                 ({}); detach them (`docker network disconnect {name} <container>`) or remove \
+                 them, then run `testbed down {project}` again",
+                others.join(", ")
+            ),
+            None => format!(
+                "network {name}: no container is attached, yet Docker would not remove it; if it \
+                 reports active endpoints, only restarting the Docker daemon clears them"
+            ),
+        });
     }
     result
 }
