@@ -78,6 +78,11 @@ pub struct NodeLog {
     pub routed: BTreeSet<String>,
     /// Peers that identified without the Kademlia protocol.
     pub no_kad: BTreeSet<String>,
+    /// Peers that identified as Kademlia servers, with the software they said they run: how a
+    /// node of another implementation, which writes no log here, is known at all.
+    pub kad_servers: BTreeMap<String, String>,
+    /// For each peer it connected to: connections open now, and when that last changed.
+    pub links: BTreeMap<String, (u32, Timestamp)>,
     /// Peers it took out of its table as gone (`peer_removed`), and when.
     pub removed: Vec<(String, Timestamp)>,
     /// Failed dials to other peers, and the last reason.
@@ -93,6 +98,10 @@ pub struct NodeLog {
     pub agent_version: Option<String>,
     /// Not a log: a node known only from what it answered `testbed-crawl` ([`CrawlLog::members`]).
     pub crawled_only: bool,
+    /// Not a log, and no table known: a Kademlia server other nodes identified and connected to
+    /// (another implementation, run without the crawler). Judged as a peer the others must hold,
+    /// never on a table of its own.
+    pub identified_only: bool,
     /// The crawl events this log holds (a crawler's log, or a crawl file).
     pub crawl: CrawlLog,
 }
@@ -154,6 +163,16 @@ impl NodeLog {
             log.apply(e);
         }
         log
+    }
+
+    /// Whether this is a node's own log (not a stand-in built from a crawl or from Identify).
+    pub fn is_log(&self) -> bool {
+        !self.crawled_only && !self.identified_only
+    }
+
+    /// Whether its table is known (its own log, or a crawl): only then is it judged as a holder.
+    pub fn has_table(&self) -> bool {
+        !self.identified_only
     }
 
     /// Whether the node said it was stopping or its container is not running.
@@ -234,8 +253,20 @@ impl NodeLog {
                 }
             }
             Event::NodeStopping { reason, .. } => self.stopped = Some((ts, reason)),
-            Event::ConnectionEstablished { peer_id, .. } => {
+            Event::ConnectionEstablished {
+                peer_id,
+                connections,
+                ..
+            } => {
+                self.links.insert(peer_id.clone(), (connections, ts));
                 self.connected.insert(peer_id);
+            }
+            Event::ConnectionClosed {
+                peer_id,
+                connections,
+                ..
+            } => {
+                self.links.insert(peer_id, (connections, ts));
             }
             Event::PeerRemoved { peer_id, .. } => self.removed.push((peer_id, ts)),
             Event::UnroutablePeer { peer_id } => {
@@ -248,8 +279,15 @@ impl NodeLog {
             } => {
                 self.routed.insert(peer_id);
             }
-            Event::Identified { peer_id, kad, .. } => {
-                if !kad {
+            Event::Identified {
+                peer_id,
+                kad,
+                agent_version,
+                ..
+            } => {
+                if kad {
+                    self.kad_servers.insert(peer_id, agent_version);
+                } else {
                     self.no_kad.insert(peer_id);
                 }
             }
@@ -271,7 +309,6 @@ impl NodeLog {
             }
             Event::Unknown => self.lines.unknown_types += 1,
             Event::ListenAddr { .. }
-            | Event::ConnectionClosed { .. }
             | Event::RoutingUpdated { .. }
             | Event::BootstrapCompleted { .. }
             | Event::WalkCompleted { .. }

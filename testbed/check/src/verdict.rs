@@ -352,7 +352,39 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         })
         .collect();
     let members = crawl.members(&logged);
-    let logs: Vec<&NodeLog> = logs.iter().copied().chain(&members).collect();
+    // Kademlia servers the nodes identified and connected to, that no log and no crawl
+    // describes: another implementation, run without the crawler.
+    let known: HashSet<&str> = logged
+        .iter()
+        .copied()
+        .chain(members.iter().filter_map(|m| m.peer_id.as_deref()))
+        .collect();
+    let identified = identified_members(logs, &known);
+    if !identified.is_empty() {
+        let names: Vec<String> = identified
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} ({})",
+                    n.peer_id.as_deref().unwrap_or_default(),
+                    n.agent_version.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
+        warnings.push(format!(
+            "{} Kademlia servers wrote no log here and were not crawled, known only because nodes \
+             identified them: {}. They are judged as peers the others must hold, not on tables of \
+             their own (the crawler reads those: compose/crawl.yml)",
+            names.len(),
+            abbreviated(&names, 5)
+        ));
+    }
+    let logs: Vec<&NodeLog> = logs
+        .iter()
+        .copied()
+        .chain(&members)
+        .chain(&identified)
+        .collect();
     let nodes = identified_nodes(&logs, &mut warnings);
     let (states, shutdown) = classify(&nodes, opts.shutdown_gap, opts.shutdown_at);
     let judged_before_shutdown = shutdown.all_down;
@@ -471,9 +503,16 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
     }
 
     let closest = closest_coverage(&nodes, &judged, &tables, opts.closest_k, &mut warnings);
+    // The judged nodes whose table is known: all but those known only through Identify.
+    let holders: Vec<usize> = judged
+        .iter()
+        .copied()
+        .filter(|&i| nodes[i].has_table())
+        .collect();
     let ctx = Context {
         nodes: &nodes,
         judged: &judged,
+        holders: &holders,
         latest_snapshot,
     };
 
@@ -494,11 +533,6 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         properties.push(held_across(&ctx, &closest.index, &tables, across));
     }
     let crawl_summary = (!crawl.is_empty()).then(|| {
-        let known: HashSet<&str> = logged
-            .iter()
-            .copied()
-            .chain(members.iter().filter_map(|m| m.peer_id.as_deref()))
-            .collect();
         properties.push(observable(&crawl, &known));
         crawl_summary(&crawl, &nodes, &judged, &mut warnings)
     });
@@ -534,7 +568,10 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
             seen_by: seen_by[i],
             closest_found: closest.found[i],
             closest_wanted: closest.wanted[i],
-            bootstrapped: n.role == Some(Role::Bootstrap) || n.initial_bootstrap.is_some(),
+            // Not known for a node without a log: nothing to wait for.
+            bootstrapped: n.role == Some(Role::Bootstrap)
+                || n.initial_bootstrap.is_some()
+                || !n.is_log(),
         })
         .collect();
     Report {
@@ -548,17 +585,72 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         closest: ClosestSummary {
             k: opts.closest_k,
             complete: closest.complete,
-            of: judged.len(),
+            of: holders.len(),
             share: closest.share,
             mean_coverage: closest.mean,
             threshold: opts.closest_threshold,
         },
         stale,
-        buckets: bucket_fill(&nodes, &judged, opts.closest_k),
+        buckets: bucket_fill(&nodes, &holders, opts.closest_k),
         crawl: crawl_summary,
         warnings,
         input,
     }
+}
+
+/// Kademlia servers that the nodes' logs saw identify (`kad: true`), that are not in `known`
+/// (no log, no crawl), as stand-in logs without a table. One is live while a live node holds a
+/// connection to it (kad-node keeps those to its k closest open); else it went down when the last
+/// such connection closed, and entries still pointing at it are stale.
+fn identified_members(logs: &[&NodeLog], known: &HashSet<&str>) -> Vec<NodeLog> {
+    let observers: Vec<&NodeLog> = logs.iter().copied().filter(|l| l.is_log()).collect();
+    let end = observers.iter().filter_map(|l| l.last_event).max();
+    let mut agents: std::collections::BTreeMap<&str, &str> = std::collections::BTreeMap::new();
+    for log in &observers {
+        for (peer, agent) in &log.kad_servers {
+            if !known.contains(peer.as_str()) {
+                agents.entry(peer.as_str()).or_insert(agent.as_str());
+            }
+        }
+    }
+    agents
+        .into_iter()
+        .map(|(peer, agent)| {
+            let mut live = false;
+            let mut gone: Option<Timestamp> = None;
+            for log in &observers {
+                let Some(&(open, at)) = log.links.get(peer) else {
+                    continue;
+                };
+                let observer_down = end.map_or(log.is_down(), |now| log.is_down_as_of(now));
+                if open > 0 && !observer_down {
+                    live = true;
+                } else {
+                    let t = if open > 0 {
+                        log.down_at().unwrap_or(at)
+                    } else {
+                        at
+                    };
+                    gone = Some(gone.map_or(t, |g| g.max(t)));
+                }
+            }
+            NodeLog {
+                name: format!("identified:{}", short_id(peer)),
+                peer_id: Some(peer.to_owned()),
+                role: Some(Role::Peer),
+                incarnations: 1,
+                agent_version: Some(agent.to_owned()),
+                identified_only: true,
+                stopped: (!live).then(|| {
+                    (
+                        gone.unwrap_or_default(),
+                        "no live node holds a connection to it".to_owned(),
+                    )
+                }),
+                ..NodeLog::default()
+            }
+        })
+        .collect()
 }
 
 /// `observable`: every peer the crawler tried is described by a log or by what it answered.
@@ -761,7 +853,7 @@ fn classify(
         .collect();
     // Whether the run is over is for the nodes' own logs to say: a node known only from a crawl
     // is merely not read since the last round (the crawler stops with the run too).
-    let logged = nodes.iter().zip(&down).filter(|(n, _)| !n.crawled_only);
+    let logged = nodes.iter().zip(&down).filter(|(n, _)| n.is_log());
     let all_down = match logged.clone().count() {
         0 => !nodes.is_empty() && down.iter().all(|d| *d),
         _ => logged.clone().all(|(_, d)| *d),
@@ -774,7 +866,7 @@ fn classify(
         .iter()
         .zip(&down)
         .map(|(n, down)| match (down, wave_start) {
-            (false, Some(_)) if all_down && n.crawled_only => NodeState::StoppedWithRun,
+            (false, Some(_)) if all_down && !n.is_log() => NodeState::StoppedWithRun,
             (false, _) => NodeState::Live,
             (true, Some(start)) if n.down_at().is_some_and(|t| t >= start) => {
                 NodeState::StoppedWithRun
@@ -861,7 +953,9 @@ fn closest_coverage(
     let mut wanted = vec![0; nodes.len()];
     let mut complete = 0;
     let mut coverage_sum = 0.0;
-    for i in keyed {
+    // Every judged node is a peer others must hold; only those whose table is known hold.
+    let holders = keyed.into_iter().filter(|&i| nodes[i].has_table());
+    for i in holders {
         let (held, want) = index.held(i, |j| tables[i].contains(&j));
         if want == 0 {
             continue;
@@ -873,7 +967,7 @@ fn closest_coverage(
             complete += 1;
         }
     }
-    let n = judged.len();
+    let n = judged.iter().filter(|&&i| nodes[i].has_table()).count();
     let share = if n == 0 {
         0.0
     } else {
@@ -894,6 +988,8 @@ fn closest_coverage(
 struct Context<'a> {
     nodes: &'a [&'a NodeLog],
     judged: &'a [usize],
+    /// Of `judged`, those whose table is known (see [`NodeLog::has_table`]).
+    holders: &'a [usize],
     latest_snapshot: Option<Timestamp>,
 }
 
@@ -1046,7 +1142,7 @@ fn seen(ctx: &Context, seen_by: &[usize], min_seen: usize) -> PropertyResult {
 /// [`PropertyId::Tables`]: every live node's table holds a live peer.
 fn tables_hold_a_peer(ctx: &Context, live_in_table: &[usize]) -> PropertyResult {
     let failures: Vec<String> = ctx
-        .judged
+        .holders
         .iter()
         .filter(|&&i| live_in_table[i] == 0)
         .map(|&i| {
@@ -1060,8 +1156,8 @@ fn tables_hold_a_peer(ctx: &Context, live_in_table: &[usize]) -> PropertyResult 
     property(
         PropertyId::Tables,
         "every live node's routing table holds a live peer".into(),
-        ctx.judged.len() - failures.len(),
-        ctx.judged.len(),
+        ctx.holders.len() - failures.len(),
+        ctx.holders.len(),
         failures,
         true,
     )
@@ -1078,7 +1174,7 @@ fn full_mesh(
     let others = judged.len().saturating_sub(1);
     let mut failures = Vec::new();
     if enabled {
-        for &i in judged {
+        for &i in ctx.holders {
             if live_in_table[i] < others {
                 let missing: Vec<String> = judged
                     .iter()
@@ -1097,8 +1193,8 @@ fn full_mesh(
     property(
         PropertyId::FullMesh,
         "every live node knows every other (--full-mesh)".into(),
-        judged.len() - failures.len(),
-        judged.len(),
+        ctx.holders.len() - failures.len(),
+        ctx.holders.len(),
         failures,
         enabled,
     )
@@ -1107,7 +1203,7 @@ fn full_mesh(
 /// [`PropertyId::Closest`]: at least `threshold` of live nodes hold all of their `k` closest
 /// live peers.
 fn closest_peers(ctx: &Context, closest: &Closest, k: usize, threshold: f64) -> PropertyResult {
-    let judged = ctx.judged;
+    let judged = ctx.holders;
     let mut failures = Vec::new();
     if closest.share < threshold || judged.is_empty() {
         let mut worst: Vec<&usize> = judged
@@ -1168,7 +1264,7 @@ fn held_across(
     let names = [across.a.0.as_str(), across.b.0.as_str()];
     let mut failures = Vec::new();
     let (mut holds, mut of) = (0, 0);
-    for &i in ctx.judged {
+    for &i in ctx.holders {
         let Some(g) = group_of(i) else { continue };
         of += 1;
         let wanted: Vec<usize> = index
@@ -1566,6 +1662,96 @@ mod tests {
             "a crawler's log is not a broken node log: {:?}",
             report.warnings
         );
+    }
+
+    /// Node `t`'s view of a foreign Kademlia server `peer`: identified, with `open` connections.
+    fn saw_foreign(t: u64, peer: &str, open: u32) -> Vec<Envelope> {
+        let mut events = vec![
+            envelope(
+                t,
+                Event::ConnectionEstablished {
+                    peer_id: peer.to_owned(),
+                    remote_addr: "/ip4/10.0.0.9/tcp/4001".into(),
+                    direction: testbed_events::Direction::Listener,
+                    connections: 1,
+                },
+            ),
+            envelope(
+                t,
+                Event::Identified {
+                    peer_id: peer.to_owned(),
+                    agent_version: "py-libp2p/0.8.1".into(),
+                    kad: true,
+                    listen_addrs: vec![],
+                    added_addrs: vec![],
+                },
+            ),
+        ];
+        if open == 0 {
+            events.push(envelope(
+                t + 1,
+                Event::ConnectionClosed {
+                    peer_id: peer.to_owned(),
+                    remote_addr: "/ip4/10.0.0.9/tcp/4001".into(),
+                    connections: 0,
+                    cause: Some("Connection reset by peer".into()),
+                },
+            ));
+        }
+        events
+    }
+
+    #[test]
+    fn a_kad_server_without_a_log_counts_as_a_peer_the_others_must_hold() {
+        // Nodes 0-2 log and hold each other and the foreign server F, which writes nothing.
+        let foreign = id(9);
+        let ids: Vec<String> = (0..3).map(id).collect();
+        let network = |open: u32, held: bool| -> Vec<Vec<Envelope>> {
+            (0..3)
+                .map(|i| {
+                    let mut events = vec![started(0, &ids[i])];
+                    events.extend(saw_foreign(1, &foreign, open));
+                    let mut peers: Vec<String> =
+                        ids.iter().filter(|p| **p != ids[i]).cloned().collect();
+                    if held {
+                        peers.push(foreign.clone());
+                    }
+                    events.push(table(3, &peers));
+                    events
+                })
+                .collect()
+        };
+        let opts = CheckOptions {
+            expect_nodes: Some(4),
+            ..CheckOptions::default()
+        };
+        let report = judge(network(1, true), &opts);
+        assert!(report.passed, "{report:#?}");
+        assert_eq!(report.live, 4, "the foreign server is a live node");
+        let tables = report.property(PropertyId::Tables).expect("judged");
+        assert_eq!(tables.of, 3, "its own table is not judged: it is not known");
+        assert!(
+            report
+                .warnings
+                .iter()
+                .any(|w| w.contains("py-libp2p/0.8.1"))
+        );
+
+        // Live, but in no table: `seen` fails and names it.
+        let report = judge(network(1, false), &opts);
+        let seen = report.property(PropertyId::Seen).expect("judged");
+        assert_eq!(seen.status, Status::Fail);
+        assert!(
+            seen.failures[0].contains("identified:"),
+            "{:?}",
+            seen.failures
+        );
+
+        // Gone (every connection closed) yet still in the tables: a departure, stale entries.
+        let report = judge(network(0, true), &CheckOptions::default());
+        assert!(report.passed, "{report:#?}");
+        assert_eq!((report.live, report.departed), (3, 1));
+        assert_eq!(report.stale.peers, 1);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //! precompute one preimage for each 16-bit hash prefix once; for `cpl < 16` the wanted prefix is
 //! the node's with bit `cpl` flipped. Deeper buckets (only full in networks of ~65 000 nodes and
 //! more) are found by search.
+//!
+//! Each preimage is a well-formed peer id (a sha2-256 multihash), as go-libp2p-kbucket's
+//! `GenRandPeerID` makes them: rust- and go-libp2p hash whatever bytes they get, but newer
+//! servers (go-libp2p-kad-dht v2, nim-libp2p) parse the key as a peer id and refuse anything else.
 
 use std::sync::OnceLock;
 
@@ -65,13 +69,23 @@ pub fn preimage_for(target: &KeyHash, cpl: u32) -> Option<Vec<u8>> {
     }
     if cpl < 16 {
         let prefix = u16::from_be_bytes([target[0], target[1]]) ^ (0x8000 >> cpl);
-        return Some(table()[usize::from(prefix)].to_be_bytes().to_vec());
+        return Some(peer_id_bytes(table()[usize::from(prefix)]).to_vec());
     }
     // Past the table: search, starting from a counter no table entry uses.
     (1u64 << 40..).find_map(|n| {
-        let bytes = n.to_be_bytes();
+        let bytes = peer_id_bytes(n);
         (common_prefix_len(&hash(&bytes), target) == cpl).then(|| bytes.to_vec())
     })
+}
+
+/// A sha2-256 multihash (code 0x12, 32 bytes) whose digest ends in `n`: the bytes of a valid peer
+/// id, one for each counter.
+fn peer_id_bytes(n: u64) -> [u8; 34] {
+    let mut bytes = [0u8; 34];
+    bytes[0] = 0x12;
+    bytes[1] = 0x20;
+    bytes[26..].copy_from_slice(&n.to_be_bytes());
+    bytes
 }
 
 /// For each 16-bit prefix, a counter whose big-endian bytes hash to it. ~730 000 hashes once.
@@ -82,7 +96,7 @@ fn table() -> &'static [u64] {
         let mut missing = table.len();
         let mut n = 0u64;
         while missing > 0 {
-            let h = hash(&n.to_be_bytes());
+            let h = hash(&peer_id_bytes(n));
             let slot = &mut table[usize::from(u16::from_be_bytes([h[0], h[1]]))];
             if *slot == u64::MAX {
                 *slot = n;
@@ -104,6 +118,10 @@ mod tests {
         for cpl in 0..=18 {
             let key = preimage_for(&node, cpl).expect("within the limit");
             assert_eq!(common_prefix_len(&hash(&key), &node), cpl, "cpl {cpl}");
+            assert!(
+                libp2p::PeerId::from_bytes(&key).is_ok(),
+                "cpl {cpl}: the key is a valid peer id"
+            );
             assert_eq!(bucket_of(&node, &hash(&key)), Some(255 - cpl));
         }
         assert_eq!(preimage_for(&node, MAX_CPL + 1), None);
