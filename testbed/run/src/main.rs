@@ -3,7 +3,8 @@
 //!
 //! # Layout
 //!
-//! * `main.rs`: subcommands `up`, `down`, `image`, `bench`.
+//! * `main.rs`: subcommands `up`, `down`, `image`, `bench`, `crawl`, `flaky`, `history`.
+//! * `crawl.rs`: the crawler from the host, seeded with every container's address.
 //! * `run.rs`: one run, with its always-run save-and-teardown.
 //! * `compose.rs`: `docker compose` (v2) or `docker-compose` (v1.29).
 //! * `engine.rs`: what a run does with Docker (through `testbed-docker`): waiting, saving logs,
@@ -21,6 +22,7 @@
 
 mod bench;
 mod compose;
+mod crawl;
 mod engine;
 mod faults;
 mod flaky;
@@ -64,6 +66,10 @@ enum Cmd {
     },
     /// Build the kad-node image only.
     Image(ImageArgs),
+    /// Read every node's routing table over the wire (testbed-crawl) from the host, seeded with
+    /// every container's address from the Docker API; events to runs/crawl-<project>.jsonl for
+    /// `testbed-check --crawl`. Exit 0 if it read a node, 1 if none.
+    Crawl(crawl::CrawlArgs),
     /// Run the testbed at several sizes and write BENCHMARKS.md and BENCHMARKS.json.
     Bench(bench::BenchArgs),
     /// Run a command K times (the flake check): pass rate with a 95 % Wilson interval, run
@@ -172,6 +178,7 @@ fn main() -> ExitCode {
             Cmd::Up(args) => up(args).await,
             Cmd::Down { project } => down(&project).await,
             Cmd::Image(args) => build_image(&args).map(|()| 0),
+            Cmd::Crawl(args) => crawl::run(args, &root()).await,
             Cmd::Bench(args) => bench::run(args).await,
             Cmd::Flaky(args) => flaky::run(&args, &root()),
             Cmd::History => show_history(),
