@@ -21,3 +21,5 @@ pub mod keys;
 pub mod proto;
 
 pub use crawler::{Config, CrawlError, Crawler, Summary};
+/// Seeds are multiaddrs; re-exported so callers need no libp2p of their own.
+pub use libp2p::Multiaddr;

@@ -46,6 +46,11 @@ pub struct BenchArgs {
     #[arg(long, default_value = "150s", value_parser = parse_duration)]
     heal_window: Duration,
 
+    /// After the idle sample, crawl every node once from the host (testbed-crawl, seeded with
+    /// every container's address) and record the time and FIND_NODE requests per node.
+    #[arg(long)]
+    crawl: bool,
+
     /// Run even if the host's neighbour table looks too small.
     #[arg(long)]
     ignore_host_limits: bool,
@@ -108,6 +113,11 @@ pub struct Row {
     pub stale_cleared_s: Option<f64>,
     /// Stale entries left at the end of the window.
     pub stale_left: Option<usize>,
+    /// `--crawl`: one crawl of every node from the host after the idle sample.
+    pub crawl_nodes: Option<usize>,
+    pub crawl_failed: Option<usize>,
+    pub crawl_requests_per_node: Option<f64>,
+    pub crawl_s: Option<f64>,
     pub error: Option<String>,
 }
 
@@ -145,6 +155,10 @@ impl Default for Row {
             healed_s: None,
             stale_cleared_s: None,
             stale_left: None,
+            crawl_nodes: None,
+            crawl_failed: None,
+            crawl_requests_per_node: None,
+            crawl_s: None,
             error: None,
         }
     }
@@ -224,6 +238,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             }),
             scenario: None,
             crawl: false,
+            host_crawl: args.crawl,
         };
         let outcome = run::execute(&spec, &docker).await;
         if let Some(signal) = outcome.interrupted {
@@ -367,6 +382,12 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
         }),
         stale_cleared_s: outcome.churn.as_ref().and_then(|c| c.stale_cleared_s),
         stale_left: outcome.churn.as_ref().map(|c| c.stale_left),
+        crawl_nodes: outcome.crawl.map(|c| c.nodes),
+        crawl_failed: outcome.crawl.map(|c| c.failed),
+        crawl_requests_per_node: outcome
+            .crawl
+            .map(|c| c.requests as f64 / c.nodes.max(1) as f64),
+        crawl_s: outcome.crawl.map(|c| c.seconds),
         error: outcome.error.clone(),
     }
 }
@@ -549,6 +570,28 @@ fn markdown(b: &Benchmarks) -> String {
              checker, every ~2 s); *stale left* is what tables still held at the end.\n\n",
         );
     }
+    let crawled: Vec<&Row> = b.rows.iter().filter(|r| r.crawl_s.is_some()).collect();
+    if !crawled.is_empty() {
+        out.push_str(
+            "## Crawling\n\n`bench --crawl`: after the idle sample, `testbed-crawl` reads every \
+             node's routing table over the wire once, from the host, seeded with every \
+             container's address (one FIND_NODE per k-bucket, 64 nodes at a time).\n\n\
+             | peers | commit | nodes read | not read | FIND_NODE / node | time (s) |\n\
+             |---:|---|---:|---:|---:|---:|\n",
+        );
+        for r in &crawled {
+            out.push_str(&format!(
+                "| {} | `{}` | {} | {} | {} | {} |\n",
+                r.peers,
+                r.commit,
+                r.crawl_nodes.map_or("–".into(), |n| n.to_string()),
+                r.crawl_failed.map_or("–".into(), |n| n.to_string()),
+                num(r.crawl_requests_per_node, 1),
+                num(r.crawl_s, 1),
+            ));
+        }
+        out.push('\n');
+    }
     out.push_str("## Targets\n\n");
     let row = |n: usize| {
         b.rows
@@ -642,6 +685,13 @@ fn markdown(b: &Benchmarks) -> String {
             "image ≤ 8 MB",
             b.image_bytes.map(|s| s <= 8_000_000),
             b.image_bytes.map(|s| format!("{:.2} MB", s as f64 / 1e6)),
+        ),
+        (
+            "crawling 1000 nodes takes ≤ 30 s",
+            row(1000).and_then(|r| r.crawl_s).map(|s| s <= 30.0),
+            row(1000)
+                .and_then(|r| r.crawl_s)
+                .map(|s| format!("{s:.1} s")),
         ),
         (
             "the checker reads a 1000-node run in ≤ 2 s",

@@ -6,7 +6,7 @@
 //! that `testbed-check --crawl FILE` reads beside the project's logs.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -33,20 +33,42 @@ pub struct CrawlArgs {
     port: u16,
 }
 
-/// Exit 0 if the (last) round read a node, 1 if it read none.
-pub async fn run(args: CrawlArgs, root: &std::path::Path) -> anyhow::Result<u8> {
-    let docker = testbed_docker::connect().await?;
-    let project = testbed_docker::normalize_project_name(&args.project);
+/// What one crawl from the host read (run.json, and the benchmark's crawl columns).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct CrawlOutcome {
+    pub nodes: usize,
+    pub failed: usize,
+    pub requests: u64,
+    pub seconds: f64,
+}
+
+impl From<testbed_crawl::Summary> for CrawlOutcome {
+    fn from(s: testbed_crawl::Summary) -> Self {
+        Self {
+            nodes: s.nodes,
+            failed: s.failed,
+            requests: s.requests,
+            seconds: s.duration.as_secs_f64(),
+        }
+    }
+}
+
+/// Every running container's address in `project` (a crawler's excepted), as crawl seeds.
+async fn seeds(
+    docker: &testbed_docker::bollard::Docker,
+    project: &str,
+    port: u16,
+) -> anyhow::Result<Vec<testbed_crawl::Multiaddr>> {
     let mut seeds = Vec::new();
-    for (name, running) in project_containers(&docker, &project).await? {
+    for (name, running) in project_containers(docker, project).await? {
         // Another crawler is not a node.
-        if !running || short_name(&name, &project).starts_with("crawler") {
+        if !running || short_name(&name, project).starts_with("crawler") {
             continue;
         }
-        let (_, addresses) = process_and_addresses(&docker, &name).await?;
+        let (_, addresses) = process_and_addresses(docker, &name).await?;
         for ip in addresses {
             seeds.push(
-                format!("/ip4/{ip}/tcp/{}", args.port)
+                format!("/ip4/{ip}/tcp/{port}")
                     .parse()
                     .with_context(|| format!("{name}: address {ip} is not an IPv4 address"))?,
             );
@@ -58,19 +80,70 @@ pub async fn run(args: CrawlArgs, root: &std::path::Path) -> anyhow::Result<u8> 
              projects in the com.docker.compose.project label)"
         );
     }
-    let out_path = args
-        .out
-        .unwrap_or_else(|| root.join("runs").join(format!("crawl-{project}.jsonl")));
-    if let Some(dir) = out_path.parent() {
+    Ok(seeds)
+}
+
+/// One crawl round of `project` from the host, its events appended to `out_path`.
+pub async fn once(
+    docker: &testbed_docker::bollard::Docker,
+    project: &str,
+    out_path: &Path,
+) -> anyhow::Result<CrawlOutcome> {
+    let mut crawler = Crawler::new(Config {
+        seeds: seeds(docker, project, NODE_PORT).await?,
+        ..Config::default()
+    })?;
+    let mut out = open(out_path)?;
+    let summary = round(&mut crawler, &mut out, out_path).await?;
+    Ok(summary.into())
+}
+
+/// The port the testbed's nodes listen on.
+const NODE_PORT: u16 = 4001;
+
+fn open(path: &Path) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+    if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let mut out = std::io::BufWriter::new(
+    Ok(std::io::BufWriter::new(
         std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&out_path)
-            .with_context(|| format!("cannot write {}", out_path.display()))?,
-    );
+            .open(path)
+            .with_context(|| format!("cannot write {}", path.display()))?,
+    ))
+}
+
+/// Runs one round, writing every event as a line.
+async fn round(
+    crawler: &mut Crawler,
+    out: &mut impl Write,
+    path: &Path,
+) -> anyhow::Result<testbed_crawl::Summary> {
+    let mut write_error = None;
+    let summary = crawler
+        .round(|event| {
+            if let Err(e) = writeln!(out, "{}", Envelope::now(event).to_line()) {
+                write_error.get_or_insert(e);
+            }
+        })
+        .await;
+    out.flush()?;
+    match write_error {
+        Some(e) => anyhow::bail!("cannot write {}: {e}", path.display()),
+        None => Ok(summary),
+    }
+}
+
+/// `testbed crawl`: exit 0 if the (last) round read a node, 1 if it read none.
+pub async fn run(args: CrawlArgs, root: &Path) -> anyhow::Result<u8> {
+    let docker = testbed_docker::connect().await?;
+    let project = testbed_docker::normalize_project_name(&args.project);
+    let seeds = seeds(&docker, &project, args.port).await?;
+    let out_path = args
+        .out
+        .unwrap_or_else(|| root.join("runs").join(format!("crawl-{project}.jsonl")));
+    let mut out = open(&out_path)?;
     eprintln!(
         "testbed: crawling {} containers of {project} from the host; events to {}",
         seeds.len(),
@@ -81,19 +154,10 @@ pub async fn run(args: CrawlArgs, root: &std::path::Path) -> anyhow::Result<u8> 
         ..Config::default()
     })?;
     loop {
-        let mut write_error = None;
         let summary = tokio::select! {
-            s = crawler.round(|event| {
-                if let Err(e) = writeln!(out, "{}", Envelope::now(event).to_line()) {
-                    write_error.get_or_insert(e);
-                }
-            }) => s,
+            s = round(&mut crawler, &mut out, &out_path) => s?,
             _ = tokio::signal::ctrl_c() => return Ok(0),
         };
-        out.flush()?;
-        if let Some(e) = write_error {
-            anyhow::bail!("cannot write {}: {e}", out_path.display());
-        }
         eprintln!(
             "testbed: crawl: {} nodes read, {} not, {} FIND_NODE requests ({:.1} a node) in {:.1} s",
             summary.nodes,

@@ -326,6 +326,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
             churn: None,
             scenario: scenario.clone(),
             crawl: overlays.iter().any(|o| o.ends_with("compose/crawl.yml")),
+            host_crawl: false,
         };
         let outcome = run::execute(&spec, &docker).await;
         worst = worst.max(outcome.exit_code());

@@ -51,6 +51,9 @@ pub struct RunSpec {
     /// A crawler runs beside the nodes (compose/crawl.yml): once the network formed, the run
     /// waits for a crawl round that began after it, and is judged with that round.
     pub crawl: bool,
+    /// Benchmarks (`bench --crawl`): after the idle sample, crawl every node once from the host
+    /// (`testbed crawl`), events to `runs/<name>/crawl.jsonl`, and time it.
+    pub host_crawl: bool,
 }
 
 /// How long after the network formed a fresh crawl round may take to finish: the crawler's
@@ -148,6 +151,8 @@ pub struct RunOutcome {
     pub scenario: Option<ScenarioOutcome>,
     /// The signal that cut the run short (Ctrl-C, SIGTERM), if one did.
     pub interrupted: Option<&'static str>,
+    /// The crawl from the host (`bench --crawl`): nodes read, requests, time.
+    pub crawl: Option<crate::crawl::CrawlOutcome>,
     #[serde(skip)]
     pub report: Option<Report>,
     pub run_dir: PathBuf,
@@ -199,6 +204,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         churn: None,
         scenario: None,
         interrupted: None,
+        crawl: None,
         report: None,
         run_dir: run_dir.clone(),
     };
@@ -492,6 +498,18 @@ async fn bring_up_and_check(
             })
             .collect();
         outcome.resources = after;
+    }
+    if spec.host_crawl && report.as_ref().is_some_and(|r| r.passed) {
+        say("crawling every node from the host (testbed-crawl, one round)");
+        let crawl = crate::crawl::once(docker, &spec.project, &run_dir.join("crawl.jsonl")).await?;
+        say(&format!(
+            "crawl: {} nodes read, {} not, {:.1} FIND_NODE requests a node, {:.1} s",
+            crawl.nodes,
+            crawl.failed,
+            crawl.requests as f64 / crawl.nodes.max(1) as f64,
+            crawl.seconds
+        ));
+        outcome.crawl = Some(crawl);
     }
     if let Some(scenario) = &spec.scenario {
         let formed = report.as_ref().is_some_and(|r| r.passed);
