@@ -51,6 +51,11 @@ pub struct BenchArgs {
     #[arg(long)]
     crawl: bool,
 
+    /// How long starting the containers may take [default: 60s + 1s a peer, plus the waves'
+    /// gaps]. A slow daemon (fuse-overlayfs here started 1000 at ~1/s) needs more.
+    #[arg(long, value_parser = parse_duration)]
+    up_timeout: Option<Duration>,
+
     /// Run even if the host's neighbour table looks too small.
     #[arg(long)]
     ignore_host_limits: bool,
@@ -215,7 +220,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             compose: compose.clone(),
             keep: false,
             wait: crate::default_wait(peers),
-            up_timeout: crate::default_up_timeout(peers) + args.wave_gap * (args.waves - 1),
+            up_timeout: args
+                .up_timeout
+                .unwrap_or(crate::default_up_timeout(peers) + args.wave_gap * (args.waves - 1)),
             waves: run::Waves {
                 count: args.waves,
                 gap: args.wave_gap,
