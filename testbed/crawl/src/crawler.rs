@@ -19,7 +19,7 @@ use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, Protoco
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, tcp, yamux};
-use testbed_events::{Crawled, Event, SnapshotReason, TableEntry};
+use testbed_events::{Crawled, Event, SnapshotReason, TableEntry, error_chain};
 
 use crate::codec::{FindNodeCodec, KAD_PROTOCOL};
 use crate::keys::{self, KeyHash, MAX_CPL};
@@ -116,6 +116,8 @@ struct Node {
     /// Peer → bucket index, the union of every answer.
     entries: BTreeMap<PeerId, u32>,
     requests: u32,
+    /// Whether a request of this node was already sent again after its connection closed.
+    retried: bool,
     complete: bool,
     reached_on: Option<Multiaddr>,
     agent: Option<String>,
@@ -132,6 +134,7 @@ impl Node {
             cpl: 0,
             entries: BTreeMap::new(),
             requests: 0,
+            retried: false,
             complete: false,
             reached_on: None,
             agent: None,
@@ -251,17 +254,10 @@ impl Crawler {
                 break;
             };
             round.active += 1;
-            let Some(node) = round.nodes.get_mut(&peer) else {
-                continue;
-            };
-            node.started = Some(Instant::now());
-            ask(
-                &mut self.swarm,
-                &mut round.by_request,
-                &mut round.summary,
-                peer,
-                node,
-            );
+            if let Some(node) = round.nodes.get_mut(&peer) {
+                node.started = Some(Instant::now());
+            }
+            round.ask(&mut self.swarm, peer);
         }
     }
 
@@ -345,10 +341,17 @@ impl Crawler {
                 },
             )) => {
                 round.by_request.remove(&request_id);
-                let Some(node) = round.nodes.get(&peer) else {
+                let Some(node) = round.nodes.get_mut(&peer) else {
                     return;
                 };
                 if node.phase != Phase::Asking(request_id) {
+                    return;
+                }
+                // A connection that closed under the request (an idle close racing the send, or
+                // the node shedding load) says nothing about the node: ask once more.
+                if matches!(error, OutboundFailure::ConnectionClosed) && !node.retried {
+                    node.retried = true;
+                    round.ask(&mut self.swarm, peer);
                     return;
                 }
                 let why = match error {
@@ -437,13 +440,7 @@ impl Crawler {
             }
         } else {
             node.cpl += 1;
-            ask(
-                &mut self.swarm,
-                &mut round.by_request,
-                &mut round.summary,
-                peer,
-                node,
-            );
+            round.ask(&mut self.swarm, peer);
         }
     }
 
@@ -478,27 +475,24 @@ impl Crawler {
     }
 }
 
-/// Sends the FIND_NODE for the node's current bucket.
-fn ask(
-    swarm: &mut Swarm<Behaviour>,
-    by_request: &mut HashMap<OutboundRequestId, PeerId>,
-    summary: &mut Summary,
-    peer: PeerId,
-    node: &mut Node,
-) {
-    let key = keys::preimage_for(&node.key, node.cpl).unwrap_or_default();
-    let id = swarm.behaviour_mut().find_node.send_request_with_addresses(
-        &peer,
-        Message::find_node(key),
-        node.addrs.clone(),
-    );
-    by_request.insert(id, peer);
-    node.phase = Phase::Asking(id);
-    node.requests += 1;
-    summary.requests += 1;
-}
-
 impl Round {
+    /// Sends the FIND_NODE for the node's current bucket.
+    fn ask(&mut self, swarm: &mut Swarm<Behaviour>, peer: PeerId) {
+        let Some(node) = self.nodes.get_mut(&peer) else {
+            return;
+        };
+        let key = keys::preimage_for(&node.key, node.cpl).unwrap_or_default();
+        let id = swarm.behaviour_mut().find_node.send_request_with_addresses(
+            &peer,
+            Message::find_node(key),
+            node.addrs.clone(),
+        );
+        self.by_request.insert(id, peer);
+        node.phase = Phase::Asking(id);
+        node.requests += 1;
+        self.summary.requests += 1;
+    }
+
     /// Queues a peer not seen before this round; adds addresses to one already known.
     fn discover(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         match self.nodes.get_mut(&peer) {
@@ -577,19 +571,4 @@ pub fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
         Some(libp2p::multiaddr::Protocol::P2p(peer)) => Some(peer),
         _ => None,
     }
-}
-
-/// An error with its causes, `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = cause.source();
-    }
-    s
 }

@@ -57,6 +57,7 @@
 //! * [`Envelope`], [`Event`] and the event payload structs: the wire format.
 //! * [`Timestamp`]: milliseconds since the Unix epoch, written as RFC 3339.
 //! * [`parse_line`] / [`Envelope::to_line`]: the one reader and the one writer.
+//! * [`error_chain`]: how an error is written into an event, causes included.
 //! * [`kad_key`] / [`KadKey`]: the Kademlia XOR metric over peer ids, so readers can judge routing
 //!   tables (k-closest peers, bucket indices) without a libp2p dependency.
 
@@ -452,6 +453,23 @@ pub enum ParseError {
     /// Valid JSON that is not an envelope of this schema (missing `v`/`ts`/`type`, wrong types).
     #[error("not a kad-testbed event: {0}")]
     NotAnEvent(serde_json::Error),
+}
+
+/// An error and its causes on one line, `outer: inner: root`: how every `error` and `reason`
+/// field of the events carries an error (node and crawler alike).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        // Some libp2p errors repeat their source in their own message.
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// Parses one line (without its newline) into an event.
