@@ -26,7 +26,8 @@
 //! * [`crawl`]: tables read over the wire by `testbed-crawl`: members known only that way, and
 //!   logged tables compared with what nodes answered.
 //! * [`report`]: the report as a table, JSON or JUnit XML.
-//! * [`source`]: files, stdin, or a compose project's containers (through `testbed-docker`).
+//! * [`source`]: files, stdin, a compose project's containers (through `testbed-docker`), or a
+//!   Kubernetes namespace's pods (through `testbed-kube`).
 //! * [`timeline`]: when a saved run converged, replaying every snapshot in time order.
 //!
 //! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be
@@ -59,7 +60,7 @@ impl Reader {
     pub fn new(source: Source) -> Self {
         let compose = match &source {
             Source::Compose(project) => Some(source::ComposeReader::new(project)),
-            Source::Files(_) => None,
+            Source::Files(_) | Source::Kubernetes(_) => None,
         };
         Self {
             source,
@@ -80,7 +81,7 @@ impl Reader {
         // unless --at says otherwise.
         let recorded = match &self.source {
             Source::Files(path) => source::recorded_run(path),
-            Source::Compose(_) => None,
+            Source::Compose(_) | Source::Kubernetes(_) => None,
         };
         let at = opts.at.or(recorded
             .as_ref()
@@ -121,6 +122,12 @@ impl Reader {
                 }
                 vec![&files]
             }
+            (None, Source::Kubernetes(namespace)) => {
+                let mut ingest = ingest::Ingest::until(cutoff);
+                source::read_kubernetes(namespace, &mut ingest).await?;
+                files = ingest;
+                vec![&files]
+            }
             (None, Source::Compose(_)) => unreachable!("compose sources have a reader"),
         };
         let mut crawl_ingests = Vec::new();
@@ -148,6 +155,12 @@ impl Reader {
             Source::Files(path) => {
                 let mut ingest = ingest::Ingest::new();
                 source::read_files(path, &mut ingest)?;
+                files = ingest;
+                vec![&files]
+            }
+            Source::Kubernetes(namespace) => {
+                let mut ingest = ingest::Ingest::new();
+                source::read_kubernetes(namespace, &mut ingest).await?;
                 files = ingest;
                 vec![&files]
             }

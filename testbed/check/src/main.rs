@@ -23,6 +23,11 @@ struct Cli {
     #[arg(long, value_name = "NAME", conflicts_with = "logs")]
     project: Option<String>,
 
+    /// Read the pods of this Kubernetes namespace instead (deploy/k8s; label
+    /// app.kubernetes.io/part-of=kad-testbed), through the Kubernetes API (KUBECONFIG).
+    #[arg(long, value_name = "NS", conflicts_with_all = ["logs", "project"])]
+    k8s_namespace: Option<String>,
+
     /// Read saved logs instead: a folder with one file per node (or a runs/<name>/ folder), one
     /// file, or - for stdin. Plain JSON Lines or `docker compose logs` output (v2 or v1 prefixes).
     #[arg(long, value_name = "PATH")]
@@ -106,9 +111,10 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let source = match &cli.logs {
-        Some(path) => Source::Files(path.clone()),
-        None => Source::Compose(cli.project.clone().unwrap_or_else(|| {
+    let source = match (&cli.logs, &cli.k8s_namespace) {
+        (_, Some(namespace)) => Source::Kubernetes(namespace.clone()),
+        (Some(path), None) => Source::Files(path.clone()),
+        (None, None) => Source::Compose(cli.project.clone().unwrap_or_else(|| {
             let cwd = std::env::current_dir().unwrap_or_default();
             testbed_docker::default_project_name(&cwd)
         })),

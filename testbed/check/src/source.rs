@@ -25,6 +25,8 @@ pub enum Source {
     Files(PathBuf),
     /// Every container (running or not) of this compose project.
     Compose(String),
+    /// Every testbed pod of this Kubernetes namespace (`deploy/k8s`), through the Kubernetes API.
+    Kubernetes(String),
 }
 
 impl Source {
@@ -40,6 +42,7 @@ impl std::fmt::Display for Source {
             Source::Files(_) if self.is_stdin() => write!(f, "stdin"),
             Source::Files(p) => write!(f, "{}", p.display()),
             Source::Compose(project) => write!(f, "compose project \"{project}\""),
+            Source::Kubernetes(namespace) => write!(f, "Kubernetes namespace \"{namespace}\""),
         }
     }
 }
@@ -66,6 +69,14 @@ pub enum SourceError {
          COMPOSE_PROJECT_NAME (docker compose ls / docker ps list projects)"
     )]
     NoContainers(String),
+    #[error("{0}")]
+    Kube(#[from] testbed_kube::KubeError),
+    #[error(
+        "no kad-testbed pods in Kubernetes namespace \"{0}\" (label {sel}): is deploy/k8s applied \
+         there? (kubectl get pods -n {0})",
+        sel = testbed_kube::SELECTOR
+    )]
+    NoPods(String),
     #[error("no kad-testbed events in {origin} ({lines} lines read): is this a kad-node log?")]
     NoEvents { origin: String, lines: u64 },
 }
@@ -79,7 +90,23 @@ impl From<DockerError> for SourceError {
     }
 }
 
-/// Reads saved logs: a folder, one file, or `-` for stdin.
+/// Reads every testbed pod's log in `namespace` into `ingest` (whole logs: the Kubernetes API
+/// has no cursor to resume from, unlike Docker's `since`).
+pub async fn read_kubernetes(namespace: &str, ingest: &mut Ingest) -> Result<(), SourceError> {
+    let client = testbed_kube::connect().await?;
+    let pods = testbed_kube::pod_logs(&client, namespace).await?;
+    if pods.is_empty() {
+        return Err(SourceError::NoPods(namespace.to_owned()));
+    }
+    for pod in pods {
+        for line in pod.text.lines() {
+            ingest.push_line(&pod.name, line);
+        }
+        ingest.set_exited(&pod.name, !pod.running);
+    }
+    Ok(())
+}
+
 /// What `testbed up` recorded about a run in its `run.json`, found in a run folder
 /// (`runs/<name>/`) or beside its `logs/`.
 #[derive(Debug, Default, Clone, PartialEq, Eq, serde::Deserialize)]

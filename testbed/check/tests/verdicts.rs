@@ -425,6 +425,25 @@ fn no_docker_daemon_exits_2_with_what_to_do() {
     );
 }
 
+#[test]
+fn no_kubernetes_cluster_exits_2_with_what_to_do() {
+    let home = tempfile::tempdir().expect("a temp dir");
+    let out = std::process::Command::new(util::BIN)
+        .args(["--k8s-namespace", "kad"])
+        .env("KUBECONFIG", home.path().join("no-such-kubeconfig"))
+        .env("HOME", home.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the Kubernetes API") && stderr.contains("KUBECONFIG"),
+        "{stderr}"
+    );
+}
+
 /// Captured from a real run (compose by hand, 6 peers): once healthy, peer_3 was stopped, peer_5
 /// restarted 1 s later with a new identity, every node learned it, and 3.4 s after peer_3's stop
 /// every container was stopped. Within `--shutdown-gap` (10 s) of the shutdown, peer_3's stop
