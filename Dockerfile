@@ -1,5 +1,5 @@
-# kad-node (and testbed-crawl, which compose/crawl.yml runs): static binaries alone, FROM scratch,
-# as a non-root user.
+# kad-node: the static binary alone, FROM scratch, as a non-root user. (The crawler has its own
+# image, docker/crawl.Dockerfile, so the node's stays small.)
 #
 # Build the binary first (no registry needed; `cargo run -p testbed -- image` does both steps):
 #   CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
@@ -9,9 +9,7 @@
 FROM scratch
 
 ARG KAD_NODE_BIN=target/x86_64-unknown-linux-gnu/release/kad-node
-ARG KAD_CRAWL_BIN=target/x86_64-unknown-linux-gnu/release/testbed-crawl
 COPY ${KAD_NODE_BIN} /kad-node
-COPY ${KAD_CRAWL_BIN} /testbed-crawl
 # A /tmp the node's user owns, for the health file when no tmpfs is mounted there
 # (docker-compose.yml mounts one, because its root filesystem is read-only).
 COPY --chown=65532:65532 docker/tmp/ /tmp/

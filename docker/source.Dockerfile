@@ -1,7 +1,8 @@
 # kad-node built from source inside Docker: for machines without a Linux Rust toolchain (macOS).
 # Needs a registry for the Rust image. Produces the same scratch image as ../Dockerfile:
 #   docker build -f docker/source.Dockerfile -t kad-testbed/kad-node:dev .
-# (docker compose builds it this way when the image is missing.)
+# (docker compose builds it this way when the image is missing.) The crawler's image, from the
+# same build: docker build -f docker/source.Dockerfile --target crawl -t kad-testbed/crawl:dev .
 FROM rust:1.95-slim-bookworm AS build
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 WORKDIR /src
@@ -15,9 +16,13 @@ RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
  && cp "/target/$target/release/kad-node" /kad-node \
  && cp "/target/$target/release/testbed-crawl" /testbed-crawl
 
+FROM scratch AS crawl
+COPY --from=build /testbed-crawl /testbed-crawl
+USER 65532:65532
+ENTRYPOINT ["/testbed-crawl"]
+
 FROM scratch
 COPY --from=build /kad-node /kad-node
-COPY --from=build /testbed-crawl /testbed-crawl
 COPY --chown=65532:65532 docker/tmp/ /tmp/
 USER 65532:65532
 ENV KAD_HEALTH_FILE=/tmp/kad-node.health

@@ -35,7 +35,7 @@ impl BuildMode {
 /// The target the static binary is built for, and where cargo puts it.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 
-/// Builds `image` from the workspace at `root`.
+/// Builds `image` (the node) and [`CRAWL_IMAGE`] from the workspace at `root`.
 pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
     match mode {
         BuildMode::None => Ok(()),
@@ -63,32 +63,38 @@ pub fn build(mode: BuildMode, image: &str, root: &Path) -> anyhow::Result<()> {
                     ),
                 "building the static kad-node and testbed-crawl binaries",
             )?;
-            run(
-                Command::new("docker").current_dir(root).args([
-                    "build",
-                    "--quiet",
-                    "-f",
-                    "Dockerfile",
-                    "-t",
-                    image,
-                    ".",
-                ]),
-                "docker build",
-            )
+            for (dockerfile, tag) in [
+                ("Dockerfile", image),
+                ("docker/crawl.Dockerfile", CRAWL_IMAGE),
+            ] {
+                run(
+                    Command::new("docker")
+                        .current_dir(root)
+                        .args(["build", "--quiet", "-f", dockerfile, "-t", tag, "."]),
+                    &format!("docker build -f {dockerfile}"),
+                )?;
+            }
+            Ok(())
         }
-        BuildMode::Source => run(
-            Command::new("docker").current_dir(root).args([
-                "build",
-                "-f",
-                "docker/source.Dockerfile",
-                "-t",
-                image,
-                ".",
-            ]),
-            "docker build from source",
-        ),
+        BuildMode::Source => {
+            // One build stage, two images: the node's (the last stage) and the crawler's.
+            for (target, tag) in [(None, image), (Some("crawl"), CRAWL_IMAGE)] {
+                let mut cmd = Command::new("docker");
+                cmd.current_dir(root)
+                    .args(["build", "-f", "docker/source.Dockerfile", "-t", tag]);
+                if let Some(target) = target {
+                    cmd.args(["--target", target]);
+                }
+                run(cmd.arg("."), "docker build from source")?;
+            }
+            Ok(())
+        }
     }
 }
+
+/// The crawler's image (compose/crawl.yml's default): testbed-crawl alone, FROM scratch, so the
+/// node's image stays the node alone.
+pub const CRAWL_IMAGE: &str = "kad-testbed/crawl:dev";
 
 /// The foreign node's image tag (compose/foreign.yml's default).
 pub const FOREIGN_IMAGE: &str = "kad-testbed/foreign-kad-node:dev";
