@@ -1094,14 +1094,25 @@ fn dial_evidence(node: &NodeLog) -> Vec<String> {
 
 /// [`PropertyId::NodeCount`]: exactly `expected` nodes are live.
 fn node_count(ctx: &Context, expected: usize) -> PropertyResult {
-    let live = ctx.judged.len();
+    // Nodes known from their own log or a crawl. A peer known only because others identified it
+    // counts for `seen`, not here: a node whose log is missing must not pass for present.
+    let live = ctx.holders.len();
+    let unlogged = ctx.judged.len() - live;
     let failures = if live == expected {
         vec![]
     } else {
+        let also = if unlogged > 0 {
+            format!(
+                "; also {unlogged} live Kademlia servers known only from Identify, not counted \
+                 (no log of theirs here: run the crawler to count them, compose/crawl.yml)"
+            )
+        } else {
+            String::new()
+        };
         vec![format!(
-            "expected {expected} live nodes, found {live} ({} logs with a node, {} departed)",
-            ctx.nodes.len(),
-            ctx.nodes.len() - live
+            "expected {expected} live nodes, found {live} ({} logs with a node, {} departed){also}",
+            ctx.nodes.len() - unlogged,
+            ctx.nodes.len() - ctx.judged.len()
         )]
     };
     property(
@@ -1722,12 +1733,28 @@ mod tests {
                 .collect()
         };
         let opts = CheckOptions {
-            expect_nodes: Some(4),
+            expect_nodes: Some(3),
             ..CheckOptions::default()
         };
         let report = judge(network(1, true), &opts);
         assert!(report.passed, "{report:#?}");
         assert_eq!(report.live, 4, "the foreign server is a live node");
+        // ...that counts for `seen`, but not as one of the expected nodes: without its log (or a
+        // crawl) a missing log must not pass for a present node.
+        let count = report.property(PropertyId::NodeCount).expect("judged");
+        assert_eq!((count.holds, count.of), (3, 3));
+        let four = CheckOptions {
+            expect_nodes: Some(4),
+            ..CheckOptions::default()
+        };
+        let report = judge(network(1, true), &four);
+        let count = report.property(PropertyId::NodeCount).expect("judged");
+        assert_eq!(count.status, Status::Fail);
+        assert!(
+            count.failures[0].contains("known only from Identify"),
+            "{:?}",
+            count.failures
+        );
         let tables = report.property(PropertyId::Tables).expect("judged");
         assert_eq!(tables.of, 3, "its own table is not judged: it is not known");
         assert!(
