@@ -410,6 +410,7 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
     let mut stale_tables = HashSet::new();
     let mut stale_peers = HashSet::new();
     let mut unknown_entries = 0;
+    let mut unknown_peers = std::collections::BTreeSet::new();
     for &i in &judged {
         let Some(table) = &nodes[i].table else {
             continue;
@@ -456,6 +457,7 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
                     }
                     None => {
                         unknown_entries += 1;
+                        unknown_peers.insert(entry.peer_id.as_str());
                         continue;
                     }
                 },
@@ -496,9 +498,12 @@ pub fn check(logs: &[&NodeLog], opts: &CheckOptions, input: InputSummary) -> Rep
         ));
     }
     if unknown_entries > 0 {
+        let named: Vec<String> = unknown_peers.iter().map(|p| short_id(p)).collect();
         warnings.push(format!(
-            "{unknown_entries} routing-table entries point at peers with no log here (not an error if \
-             some logs were left out)"
+            "{unknown_entries} routing-table entries point at {} peers with no log here: {} (not an \
+             error if some logs were left out)",
+            named.len(),
+            abbreviated(&named, 5)
         ));
     }
 
