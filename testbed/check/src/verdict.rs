@@ -1787,6 +1787,21 @@ mod tests {
     }
 
     #[test]
+    fn entries_for_peers_without_a_log_are_named() {
+        let mut logs = full_network(3);
+        let mut held: Vec<String> = (1..3).map(id).collect();
+        held.push(id(8));
+        logs[0].push(table(2, &held));
+        let report = judge(logs, &CheckOptions::default());
+        let note = report
+            .warnings
+            .iter()
+            .find(|w| w.contains("peers with no log here"))
+            .expect("a note");
+        assert!(note.contains(&short_id(&id(8))), "{note}");
+    }
+
+    #[test]
     fn a_container_that_writes_no_events_is_named() {
         let mut ingest = crate::ingest::Ingest::new();
         for line in ["foreign-kad-node: peer id 12D3…", "joined through 12D3…"] {
