@@ -46,7 +46,7 @@ use crate::emit::Emitter;
 pub use dialing::peer_id_of;
 use dialing::{BootstrapTarget, DIAL_BACKOFF_START};
 use liveness::Liveness;
-use maintenance::{Bootstrapping, Query, RANDOM_WALK_PEERS, WALK_START, jittered};
+use maintenance::{Bootstrapping, Query, RANDOM_WALK_PEERS, Rejoin, WALK_START, jittered};
 
 /// Timing knobs of the loop, from the command line.
 #[derive(Debug, Clone)]
@@ -74,6 +74,8 @@ pub struct EventLoop<W: Write> {
     joined: bool,
     queries: HashMap<QueryId, Query>,
     bootstrapping: Option<Bootstrapping>,
+    /// When to try the join again: its self lookup got no answer (see [`maintenance::Rejoin`]).
+    rejoin: Rejoin,
     /// Bootstraps libp2p started on its own and this loop cancelled (see
     /// [`EventLoop::cancel_automatic_bootstraps`]).
     cancelled: HashSet<QueryId>,
@@ -142,6 +144,7 @@ impl<W: Write> EventLoop<W> {
             joined: false,
             queries: HashMap::new(),
             bootstrapping: None,
+            rejoin: Rejoin::default(),
             cancelled: HashSet::new(),
             snapshot_due: None,
             last_snapshot: now,
@@ -207,6 +210,7 @@ impl<W: Write> EventLoop<W> {
             .chain(self.snapshot_due)
             .chain(self.next_walk)
             .chain(self.next_bootstrap)
+            .chain(self.rejoin.at)
             .chain(self.liveness.deadlines())
             .fold(heartbeat, Instant::min)
     }
@@ -252,6 +256,10 @@ impl<W: Write> EventLoop<W> {
         if self.next_bootstrap.is_some_and(|at| at <= now) {
             self.next_bootstrap = jittered(now, self.timers.bootstrap_interval);
             self.start_bootstrap(BootstrapTrigger::Periodic);
+        }
+        if self.rejoin.at.is_some_and(|at| at <= now) {
+            self.rejoin.at = None;
+            self.start_bootstrap(BootstrapTrigger::Initial);
         }
         self.on_liveness_timers(now);
     }
@@ -471,9 +479,9 @@ impl<W: Write> EventLoop<W> {
             kad::Event::OutboundQueryProgressed {
                 id,
                 result,
-                stats: _,
+                stats,
                 step,
-            } => self.on_query_progress(id, result, step.last),
+            } => self.on_query_progress(id, result, stats.num_successes(), step.last),
             // Kademlia confirmed on a connection this node dialed. Identify runs once per
             // connection, and when it ran the peer may have been turned away: this is the second
             // chance, at the address that just worked.

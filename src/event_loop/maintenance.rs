@@ -45,6 +45,39 @@ pub(super) const RANDOM_WALK_PEERS: usize = 8;
 /// 270, and the check missed its deadline.
 pub(super) const REFRESH_PEERS: usize = 3;
 
+/// First wait before a join whose self lookup got no answer is tried again; doubles per failed
+/// try up to [`REJOIN_MAX`].
+///
+/// On a host too loaded to answer in time (measured at N = 1000 on 2 cores: a load of ~300 while
+/// containers were still starting), the bootstrap node's answer to a joiner's self lookup timed
+/// out. The join then "finished" with the bootstrap node as its only peer, and the node waited for
+/// its walks (30-90 s, then minutes) to meet anyone: 143 of 1001 nodes were still in nobody's
+/// table 8 minutes after the last start.
+pub(super) const REJOIN_START: Duration = Duration::from_secs(2);
+
+/// Longest wait between two tries of a join that got no answer.
+pub(super) const REJOIN_MAX: Duration = Duration::from_secs(30);
+
+/// When to try a join again whose self lookup no peer answered.
+#[derive(Debug, Default)]
+pub(super) struct Rejoin {
+    pub(super) at: Option<Instant>,
+    /// The wait before the next try; zero before the first failure.
+    pub(super) wait: Duration,
+}
+
+impl Rejoin {
+    /// Schedules the next try after a failed one, with jittered exponential backoff.
+    fn failed(&mut self, now: Instant) {
+        self.wait = if self.wait.is_zero() {
+            REJOIN_START
+        } else {
+            (self.wait * 2).min(REJOIN_MAX)
+        };
+        self.at = jittered(now, self.wait);
+    }
+}
+
 /// A query this loop started, to report when it finishes.
 #[derive(Debug)]
 pub(super) enum Query {
@@ -65,6 +98,8 @@ pub(super) struct Bootstrapping {
     pub(super) error: Option<String>,
     /// Buckets still to refresh; `None` until the self lookup finished.
     pub(super) buckets: Option<Vec<u32>>,
+    /// Whether any peer answered the self lookup; `None` until it finished.
+    pub(super) answered: Option<bool>,
 }
 
 impl<W: Write> EventLoop<W> {
@@ -108,6 +143,7 @@ impl<W: Write> EventLoop<W> {
             started: Instant::now(),
             error: None,
             buckets: None,
+            answered: None,
         });
     }
 
@@ -118,14 +154,25 @@ impl<W: Write> EventLoop<W> {
         self.swarm.behaviour_mut().kad.get_closest_peers(own)
     }
 
-    /// A bootstrap step finished: start the next one, or report the bootstrap.
-    pub(super) fn bootstrap_step_done(&mut self, error: Option<String>) {
+    /// A bootstrap step finished, answered by `answers` peers: start the next one, or report the
+    /// bootstrap.
+    pub(super) fn bootstrap_step_done(&mut self, error: Option<String>, answers: u32) {
         let local = KBucketKey::from(*self.swarm.local_peer_id());
         let Some(run) = &mut self.bootstrapping else {
             return;
         };
         if let Some(e) = error {
             run.error.get_or_insert(e);
+        }
+        if run.answered.is_none() {
+            run.answered = Some(answers > 0);
+            if answers == 0 {
+                // Nobody answered, so the refreshes would ask the same silent peers: stop here
+                // and report the bootstrap as failed (a join is then tried again).
+                run.error
+                    .get_or_insert_with(|| "no peer answered the self lookup".into());
+                run.buckets = Some(Vec::new());
+            }
         }
         if run.buckets.is_none() {
             let kad = &mut self.swarm.behaviour_mut().kad;
@@ -173,7 +220,16 @@ impl<W: Write> EventLoop<W> {
         let Some(run) = self.bootstrapping.take() else {
             return;
         };
-        if run.trigger == BootstrapTrigger::Initial && !self.timers.walk_interval.is_zero() {
+        let answered = run.answered == Some(true);
+        if run.trigger == BootstrapTrigger::Initial && !answered {
+            self.rejoin.failed(Instant::now());
+        } else if run.trigger == BootstrapTrigger::Initial {
+            self.rejoin = Rejoin::default();
+        }
+        if run.trigger == BootstrapTrigger::Initial
+            && answered
+            && !self.timers.walk_interval.is_zero()
+        {
             // The next walk is the settling self lookup (see SETTLE_WALK); the walks after it
             // go on from WALK_START as before.
             self.next_walk = jittered(Instant::now(), SETTLE_WALK);
@@ -190,7 +246,13 @@ impl<W: Write> EventLoop<W> {
         });
     }
 
-    pub(super) fn on_query_progress(&mut self, id: QueryId, result: QueryResult, last: bool) {
+    pub(super) fn on_query_progress(
+        &mut self,
+        id: QueryId,
+        result: QueryResult,
+        answers: u32,
+        last: bool,
+    ) {
         match result {
             QueryResult::Bootstrap(_) if self.cancelled.contains(&id) => {
                 if last {
@@ -222,7 +284,7 @@ impl<W: Write> EventLoop<W> {
                     Some(Query::Walk { target, started }) => (target, started),
                     Some(Query::BootstrapStep) => {
                         let error = result.err().map(|e| e.to_string());
-                        self.bootstrap_step_done(error);
+                        self.bootstrap_step_done(error, answers);
                         return;
                     }
                     None => return,

@@ -305,7 +305,14 @@ impl NodeLog {
                 ok,
                 ..
             } => {
-                self.initial_bootstrap.get_or_insert((ts, ok));
+                // A join that no peer answered is tried again: keep the first that worked, or
+                // the first try while none has.
+                if self
+                    .initial_bootstrap
+                    .is_none_or(|(_, first_ok)| !first_ok && ok)
+                {
+                    self.initial_bootstrap = Some((ts, ok));
+                }
             }
             Event::Unknown => self.lines.unknown_types += 1,
             Event::ListenAddr { .. }
