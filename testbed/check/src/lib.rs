@@ -47,24 +47,20 @@ use testbed_events::Timestamp;
 pub use source::{Source, SourceError};
 pub use verdict::{CheckOptions, Report, check};
 
-/// Reads a source, again and again if asked: incrementally for a compose project.
+/// Reads a source, again and again if asked: incrementally for a compose project or a stack.
 #[derive(Debug)]
 pub struct Reader {
     source: Source,
-    compose: Option<source::ComposeReader>,
+    docker: Option<source::DockerReader>,
     /// Crawl files (`testbed-crawl --out`) read beside the source.
     crawls: Vec<std::path::PathBuf>,
 }
 
 impl Reader {
     pub fn new(source: Source) -> Self {
-        let compose = match &source {
-            Source::Compose(project) => Some(source::ComposeReader::new(project)),
-            Source::Files(_) | Source::Kubernetes(_) => None,
-        };
         Self {
+            docker: source.docker_scope().map(source::DockerReader::new),
             source,
-            compose,
             crawls: Vec::new(),
         }
     }
@@ -81,7 +77,7 @@ impl Reader {
         // unless --at says otherwise.
         let recorded = match &self.source {
             Source::Files(path) => source::recorded_run(path),
-            Source::Compose(_) | Source::Kubernetes(_) => None,
+            Source::Compose(_) | Source::Stack(_) | Source::Kubernetes(_) => None,
         };
         let at = opts.at.or(recorded
             .as_ref()
@@ -100,10 +96,11 @@ impl Reader {
         let mut opts = opts.clone();
         let files;
         let mut as_of;
-        let ingests: Vec<&ingest::Ingest> = match (&mut self.compose, &self.source) {
+        let ingests: Vec<&ingest::Ingest> = match (&mut self.docker, &self.source) {
             // With a cutoff every read starts afresh: the incremental reader keeps everything.
-            (_, Source::Compose(project)) if cutoff.is_some() => {
-                as_of = source::ComposeReader::new(project).until(cutoff);
+            (Some(_), source) if cutoff.is_some() => {
+                let scope = source.docker_scope().expect("a Docker reader has a scope");
+                as_of = source::DockerReader::new(scope).until(cutoff);
                 as_of.read().await?
             }
             (Some(reader), _) => reader.read().await?,
@@ -128,7 +125,9 @@ impl Reader {
                 files = ingest;
                 vec![&files]
             }
-            (None, Source::Compose(_)) => unreachable!("compose sources have a reader"),
+            (None, Source::Compose(_) | Source::Stack(_)) => {
+                unreachable!("Docker sources have a reader")
+            }
         };
         let mut crawl_ingests = Vec::new();
         for file in &self.crawls {
@@ -146,11 +145,12 @@ impl Reader {
     /// When the first node started, from a full read of the source.
     async fn first_start(&self) -> Result<Timestamp, SourceError> {
         let files;
-        let mut compose;
+        let mut docker;
         let ingests: Vec<&ingest::Ingest> = match &self.source {
-            Source::Compose(project) => {
-                compose = source::ComposeReader::new(project);
-                compose.read().await?
+            Source::Compose(_) | Source::Stack(_) => {
+                let scope = self.source.docker_scope().expect("a Docker source");
+                docker = source::DockerReader::new(scope);
+                docker.read().await?
             }
             Source::Files(path) => {
                 let mut ingest = ingest::Ingest::new();

@@ -28,6 +28,11 @@ struct Cli {
     #[arg(long, value_name = "NS", conflicts_with_all = ["logs", "project"])]
     k8s_namespace: Option<String>,
 
+    /// Read the tasks of this Docker Swarm stack instead (`docker stack deploy`, or `testbed up
+    /// --engine swarm`), on every node of the swarm, through this daemon (a manager).
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["logs", "project", "k8s_namespace"])]
+    stack: Option<String>,
+
     /// Read saved logs instead: a folder with one file per node (or a runs/<name>/ folder), one
     /// file, or - for stdin. Plain JSON Lines or `docker compose logs` output (v2 or v1 prefixes).
     #[arg(long, value_name = "PATH")]
@@ -111,10 +116,11 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let source = match (&cli.logs, &cli.k8s_namespace) {
-        (_, Some(namespace)) => Source::Kubernetes(namespace.clone()),
-        (Some(path), None) => Source::Files(path.clone()),
-        (None, None) => Source::Compose(cli.project.clone().unwrap_or_else(|| {
+    let source = match (&cli.logs, &cli.k8s_namespace, &cli.stack) {
+        (_, Some(namespace), _) => Source::Kubernetes(namespace.clone()),
+        (_, _, Some(stack)) => Source::Stack(stack.clone()),
+        (Some(path), None, None) => Source::Files(path.clone()),
+        (None, None, None) => Source::Compose(cli.project.clone().unwrap_or_else(|| {
             let cwd = std::env::current_dir().unwrap_or_default();
             testbed_docker::default_project_name(&cwd)
         })),

@@ -1,5 +1,6 @@
-//! Where logs come from: saved files (or stdin), or a compose project's containers through the
-//! Docker Engine API. Both stream line by line into an [`Ingest`].
+//! Where logs come from: saved files (or stdin), a compose project's containers or a swarm stack's
+//! tasks through the Docker Engine API, or pods through the Kubernetes API. Each streams line by
+//! line into an [`Ingest`].
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
@@ -8,7 +9,7 @@ use std::time::SystemTime;
 
 use futures::StreamExt;
 use testbed_docker::bollard::Docker;
-use testbed_docker::{DockerError, container_lines, project_containers, short_name};
+use testbed_docker::{DockerError, LogTarget, Scope, log_lines, members};
 
 use testbed_events::Timestamp;
 
@@ -25,6 +26,9 @@ pub enum Source {
     Files(PathBuf),
     /// Every container (running or not) of this compose project.
     Compose(String),
+    /// Every task (running or not) of this swarm stack (`docker stack deploy`), on any node of
+    /// the swarm: read through this daemon, which must be a manager.
+    Stack(String),
     /// Every testbed pod of this Kubernetes namespace (`deploy/k8s`), through the Kubernetes API.
     Kubernetes(String),
 }
@@ -34,6 +38,15 @@ impl Source {
     pub fn is_stdin(&self) -> bool {
         matches!(self, Source::Files(p) if p.as_os_str() == "-")
     }
+
+    /// The Docker objects this source reads, if it reads Docker.
+    pub fn docker_scope(&self) -> Option<Scope> {
+        match self {
+            Source::Compose(project) => Some(Scope::Compose(project.clone())),
+            Source::Stack(stack) => Some(Scope::Stack(stack.clone())),
+            Source::Files(_) | Source::Kubernetes(_) => None,
+        }
+    }
 }
 
 impl std::fmt::Display for Source {
@@ -42,6 +55,7 @@ impl std::fmt::Display for Source {
             Source::Files(_) if self.is_stdin() => write!(f, "stdin"),
             Source::Files(p) => write!(f, "{}", p.display()),
             Source::Compose(project) => write!(f, "compose project \"{project}\""),
+            Source::Stack(stack) => write!(f, "swarm stack \"{stack}\""),
             Source::Kubernetes(namespace) => write!(f, "Kubernetes namespace \"{namespace}\""),
         }
     }
@@ -69,6 +83,8 @@ pub enum SourceError {
          COMPOSE_PROJECT_NAME (docker compose ls / docker ps list projects)"
     )]
     NoContainers(String),
+    #[error("no tasks in swarm stack \"{0}\": is it deployed? (docker stack ls lists stacks)")]
+    NoTasks(String),
     #[error("{0}")]
     Kube(#[from] testbed_kube::KubeError),
     #[error(
@@ -330,31 +346,34 @@ pub(crate) fn each_line(
     }
 }
 
-/// Reads a compose project's logs, incrementally: the first read takes each container's whole
-/// stdout, later ones only what was written since (by Docker's timestamps). Waiting on a thousand
-/// containers would otherwise make the daemon decode every log again every few seconds.
-#[derive(Debug, Default)]
-pub struct ComposeReader {
-    project: String,
+/// Reads the logs of a compose project's containers or a swarm stack's tasks, incrementally: the
+/// first read takes each one's whole stdout, later ones only what was written since (by Docker's
+/// timestamps). Waiting on a thousand containers would otherwise make the daemon decode every log
+/// again every few seconds.
+#[derive(Debug)]
+pub struct DockerReader {
+    scope: Scope,
     /// Leave out events after this instant (`--at`).
     cutoff: Option<Timestamp>,
     docker: Option<Docker>,
-    containers: HashMap<String, ContainerLog>,
+    members: HashMap<LogTarget, MemberLog>,
 }
 
 #[derive(Debug)]
-struct ContainerLog {
+struct MemberLog {
     name: String,
     ingest: Ingest,
     /// Docker's timestamp of the last line read.
     read_until: Option<SystemTime>,
 }
 
-impl ComposeReader {
-    pub fn new(project: &str) -> Self {
+impl DockerReader {
+    pub fn new(scope: Scope) -> Self {
         Self {
-            project: project.to_owned(),
-            ..Self::default()
+            scope,
+            cutoff: None,
+            docker: None,
+            members: HashMap::new(),
         }
     }
 
@@ -363,7 +382,7 @@ impl ComposeReader {
         Self { cutoff, ..self }
     }
 
-    /// Reads what is new and returns the ingest of every container.
+    /// Reads what is new and returns the ingest of every member.
     pub async fn read(&mut self) -> Result<Vec<&Ingest>, SourceError> {
         if self.docker.is_none() {
             self.docker = Some(testbed_docker::connect().await?);
@@ -371,52 +390,53 @@ impl ComposeReader {
         let Some(docker) = &self.docker else {
             unreachable!("connected above")
         };
-        let project = self.project.as_str();
-        let containers = project_containers(docker, project).await?;
-        if containers.is_empty() {
-            return Err(SourceError::NoContainers(project.to_owned()));
+        let found = members(docker, &self.scope).await?;
+        if found.is_empty() {
+            return Err(match &self.scope {
+                Scope::Compose(p) => SourceError::NoContainers(p.clone()),
+                Scope::Stack(s) => SourceError::NoTasks(s.clone()),
+            });
         }
-        let mut running_by_name = HashMap::new();
-        for (container, running) in containers {
-            running_by_name.insert(container.clone(), running);
-            self.containers
-                .entry(container.clone())
-                .or_insert_with(|| ContainerLog {
-                    name: short_name(&container, project).to_owned(),
+        let mut running_by_target = HashMap::new();
+        for member in found {
+            running_by_target.insert(member.logs.clone(), member.running);
+            self.members
+                .entry(member.logs)
+                .or_insert_with(|| MemberLog {
+                    name: member.name,
                     ingest: Ingest::until(self.cutoff),
                     read_until: None,
                 });
         }
-        // Containers removed since the last read are gone from the project.
-        self.containers
-            .retain(|c, _| running_by_name.contains_key(c));
-        let results: Vec<Result<(), SourceError>> =
-            futures::stream::iter(self.containers.iter_mut())
-                .map(|(container, log)| {
-                    let running = running_by_name.get(container).copied().unwrap_or(false);
-                    async move {
-                        read_container(docker, container, log).await?;
-                        log.ingest.set_exited(&log.name, !running);
-                        Ok(())
-                    }
-                })
-                .buffer_unordered(DOCKER_CONCURRENCY)
-                .collect()
-                .await;
+        // Containers and tasks removed since the last read are gone from the network.
+        self.members
+            .retain(|target, _| running_by_target.contains_key(target));
+        let results: Vec<Result<(), SourceError>> = futures::stream::iter(self.members.iter_mut())
+            .map(|(target, log)| {
+                let running = running_by_target.get(target).copied().unwrap_or(false);
+                async move {
+                    read_member(docker, target, log).await?;
+                    log.ingest.set_exited(&log.name, !running);
+                    Ok(())
+                }
+            })
+            .buffer_unordered(DOCKER_CONCURRENCY)
+            .collect()
+            .await;
         results.into_iter().collect::<Result<(), _>>()?;
-        Ok(self.containers.values().map(|c| &c.ingest).collect())
+        Ok(self.members.values().map(|c| &c.ingest).collect())
     }
 }
 
-/// Streams what one container wrote on stdout (not stderr: diagnostics live there) since the
-/// last read into its log.
-async fn read_container(
+/// Streams what one container or task wrote on stdout (not stderr: diagnostics live there) since
+/// the last read into its log.
+async fn read_member(
     docker: &Docker,
-    container: &str,
-    log: &mut ContainerLog,
+    target: &LogTarget,
+    log: &mut MemberLog,
 ) -> Result<(), SourceError> {
     let since = log.read_until;
-    container_lines(docker, container, since, false, |_, ts, line| {
+    log_lines(docker, target, since, false, |_, ts, line| {
         if let (Some(ts), Some(until)) = (ts, log.read_until)
             && ts <= until
         {

@@ -403,6 +403,8 @@ fn bad_flags_exit_2_naming_the_flag() {
         (&["--wait", "forever"][..], "--wait"),
         (&["--closest", "0"][..], "--closest"),
         (&["--logs", "x", "--project", "y"][..], "--project"),
+        (&["--logs", "x", "--stack", "y"][..], "--stack"),
+        (&["--k8s-namespace", "x", "--stack", "y"][..], "--stack"),
     ] {
         let out = check_with_stdin(args, "");
         assert_eq!(out.code, Some(2), "{args:?}: {out:?}");
@@ -421,6 +423,21 @@ fn no_docker_daemon_exits_2_with_what_to_do() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("cannot reach the Docker daemon") && stderr.contains("--logs"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_stack_without_a_docker_daemon_exits_2_with_what_to_do() {
+    let out = std::process::Command::new(util::BIN)
+        .args(["--stack", "anything"])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot reach the Docker daemon"),
         "{stderr}"
     );
 }

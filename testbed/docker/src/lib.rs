@@ -3,8 +3,11 @@
 //!
 //! * [`connect`]: the local daemon, at an API version both sides speak.
 //! * [`project_containers`], [`short_name`]: a compose project's containers and their names.
-//! * [`container_lines`]: the one reader of container logs (stdout and stderr, with Docker's
+//! * [`Scope`], [`members`]: the nodes of a compose project (its containers) or of a swarm stack
+//!   (its tasks, on any node of the swarm), each with where its log is read from.
+//! * [`log_lines`]: the one reader of container and task logs (stdout and stderr, with Docker's
 //!   timestamps, lines Docker split at 16 KiB put back together).
+//! * [`swarm_state`]: whether this daemon is a swarm manager.
 //! * [`process_and_addresses`]: a container's main process and IPv4 addresses, to enter its
 //!   network namespace from outside (the orchestrator's network faults).
 //! * [`attached_containers`]: who still holds a network (teardown names them).
@@ -18,7 +21,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bollard::Docker;
 use bollard::container::LogOutput;
-use bollard::query_parameters::{ListContainersOptionsBuilder, LogsOptionsBuilder};
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    LogsOptionsBuilder,
+};
 use futures::StreamExt;
 
 pub use bollard;
@@ -55,10 +61,16 @@ pub async fn project_containers(
     docker: &Docker,
     project: &str,
 ) -> Result<Vec<(String, bool)>, DockerError> {
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("com.docker.compose.project={project}")],
-    )]);
+    containers(docker, &Scope::Compose(project.to_owned())).await
+}
+
+/// The containers of `scope` on this daemon: (name, running). For a stack, only the tasks this
+/// node runs ([`members`] reads every task of the swarm).
+pub async fn containers(
+    docker: &Docker,
+    scope: &Scope,
+) -> Result<Vec<(String, bool)>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![scope.label()])]);
     let options = ListContainersOptionsBuilder::new()
         .all(true)
         .filters(&filters)
@@ -104,13 +116,163 @@ pub async fn attached_containers(
     Ok(names)
 }
 
-/// A container's name without its compose project prefix: `peer_3` (v1) or `peer-3` (v2).
+/// Which Docker objects make one testbed network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The containers of a compose project (label `com.docker.compose.project`).
+    Compose(String),
+    /// The tasks of a swarm stack (`docker stack deploy`; label `com.docker.stack.namespace`).
+    Stack(String),
+}
+
+impl Scope {
+    /// The project or stack name.
+    pub fn name(&self) -> &str {
+        match self {
+            Scope::Compose(n) | Scope::Stack(n) => n,
+        }
+    }
+
+    /// The label filter that selects its containers, services and networks.
+    pub fn label(&self) -> String {
+        match self {
+            Scope::Compose(n) => format!("com.docker.compose.project={n}"),
+            Scope::Stack(n) => format!("{STACK_LABEL}={n}"),
+        }
+    }
+}
+
+/// The label `docker stack deploy` puts on a stack's services, networks and containers.
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+
+/// Where a member's log is read from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum LogTarget {
+    /// A container of this daemon, by name.
+    Container(String),
+    /// A swarm task, by id: the manager fetches its log from whichever node runs it.
+    Task(String),
+}
+
+/// One node of a testbed network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// Its name in reports and saved logs: `peer_3` or `peer-3` (compose), `peer.3` (stack task:
+    /// service and slot).
+    pub name: String,
+    pub running: bool,
+    pub logs: LogTarget,
+}
+
+/// Every member of `scope`, running or not. A stack's members are its tasks, except those the
+/// orchestrator replaced (a task is replaced only on a restart policy; the testbed's stacks have
+/// none, so each slot has one).
+pub async fn members(docker: &Docker, scope: &Scope) -> Result<Vec<Member>, DockerError> {
+    match scope {
+        Scope::Compose(project) => Ok(project_containers(docker, project)
+            .await?
+            .into_iter()
+            .map(|(container, running)| Member {
+                name: short_name(&container, project).to_owned(),
+                running,
+                logs: LogTarget::Container(container),
+            })
+            .collect()),
+        Scope::Stack(stack) => stack_tasks(docker, stack).await,
+    }
+}
+
+async fn stack_tasks(docker: &Docker, stack: &str) -> Result<Vec<Member>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{STACK_LABEL}={stack}")])]);
+    let services = docker
+        .list_services(Some(
+            ListServicesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| swarm_error("list the stack's services", e))?;
+    let mut members = Vec::new();
+    for service in services {
+        let (Some(id), Some(name)) = (service.id, service.spec.and_then(|s| s.name)) else {
+            continue;
+        };
+        let filters = HashMap::from([("service".to_owned(), vec![id])]);
+        let tasks = docker
+            .list_tasks(Some(
+                ListTasksOptionsBuilder::new().filters(&filters).build(),
+            ))
+            .await
+            .map_err(|e| swarm_error("list the stack's tasks", e))?;
+        let service = short_name(&name, stack);
+        for task in tasks {
+            let (Some(id), Some(slot)) = (task.id, task.slot) else {
+                continue;
+            };
+            use bollard::models::TaskState;
+            let state = task.status.and_then(|s| s.state);
+            members.push(Member {
+                name: format!("{service}.{slot}"),
+                // Starting: the container runs, its health check has not passed yet.
+                running: matches!(state, Some(TaskState::RUNNING | TaskState::STARTING)),
+                logs: LogTarget::Task(id),
+            });
+        }
+    }
+    Ok(members)
+}
+
+fn swarm_error(what: &str, e: bollard::errors::Error) -> DockerError {
+    match e {
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 503, ..
+        } => DockerError::Api(format!(
+            "cannot {what}: this Docker daemon is not a swarm manager (docker swarm init, or run \
+             on a manager of the swarm)"
+        )),
+        e => DockerError::Api(format!("cannot {what}: {e}")),
+    }
+}
+
+/// This daemon's part in a swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwarmState {
+    /// Not in a swarm.
+    Inactive,
+    /// A manager: it can deploy stacks and read every task.
+    Manager,
+    /// A worker, or a swarm in a state (pending, error, locked) that cannot deploy.
+    Other,
+}
+
+/// Whether this daemon can deploy a stack.
+pub async fn swarm_state(docker: &Docker) -> Result<SwarmState, DockerError> {
+    let info = docker
+        .info()
+        .await
+        .map_err(|e| DockerError::Api(format!("docker info: {e}")))?;
+    use bollard::models::LocalNodeState;
+    let swarm = info.swarm.unwrap_or_default();
+    Ok(match swarm.local_node_state {
+        None | Some(LocalNodeState::INACTIVE | LocalNodeState::EMPTY) => SwarmState::Inactive,
+        Some(LocalNodeState::ACTIVE) if swarm.control_available == Some(true) => {
+            SwarmState::Manager
+        }
+        Some(_) => SwarmState::Other,
+    })
+}
+
+/// A container's name without its compose project prefix: `peer_3` (v1) or `peer-3` (v2); a
+/// swarm task's container (`<stack>_peer.3.<task id>`) becomes `peer.3`, its task's name.
 pub fn short_name<'a>(container: &'a str, project: &str) -> &'a str {
-    container
+    let short = container
         .strip_prefix(project)
         .and_then(|rest| rest.strip_prefix(['_', '-']))
         .filter(|rest| !rest.is_empty())
-        .unwrap_or(container)
+        .unwrap_or(container);
+    // Compose names hold no dots; a task's container is `service.slot.task-id`.
+    match short.rsplit_once('.') {
+        Some((task, id)) if task.contains('.') && id.len() >= 20 => task,
+        _ => short,
+    }
 }
 
 /// A container's output stream.
@@ -122,13 +284,13 @@ pub enum Output {
     Stderr,
 }
 
-/// The one reader of container logs (the checker's and the orchestrator's): calls `line` with
-/// each complete line of stdout (and of stderr, if asked), with Docker's timestamp, from `since`
-/// on (whole seconds: Docker's resolution, so the caller skips what it had by the timestamps).
-/// A container that went away while being read ends the stream quietly.
-pub async fn container_lines(
+/// The one reader of container and task logs (the checker's and the orchestrator's): calls `line`
+/// with each complete line of stdout (and of stderr, if asked), with Docker's timestamp, from
+/// `since` on (whole seconds: Docker's resolution, so the caller skips what it had by the
+/// timestamps). A container or task that went away while being read ends the stream quietly.
+pub async fn log_lines(
     docker: &Docker,
-    container: &str,
+    target: &LogTarget,
     since: Option<SystemTime>,
     stderr: bool,
     mut line: impl FnMut(Output, Option<SystemTime>, &str),
@@ -146,7 +308,16 @@ pub async fn container_lines(
             .as_secs();
         options = options.since(i32::try_from(secs).unwrap_or(i32::MAX));
     }
-    let mut stream = docker.logs(container, Some(options.build()));
+    let (mut stream, what) = match target {
+        LogTarget::Container(name) => (
+            docker.logs(name, Some(options.build())).boxed(),
+            format!("container {name}"),
+        ),
+        LogTarget::Task(id) => (
+            docker.task_logs(id, Some(options.build())).boxed(),
+            format!("task {id}"),
+        ),
+    };
     let mut outputs = [FrameLines::default(), FrameLines::default()];
     let mut take = |output: Output, bytes: &[u8]| {
         let text = String::from_utf8_lossy(bytes);
@@ -162,7 +333,7 @@ pub async fn container_lines(
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
             }) => break,
-            Err(e) => return Err(DockerError::Api(format!("logs of {container}: {e}"))),
+            Err(e) => return Err(DockerError::Api(format!("logs of {what}: {e}"))),
         };
         let (output, bytes) = match frame {
             LogOutput::StdOut { message } | LogOutput::Console { message } => {
@@ -314,6 +485,19 @@ mod tests {
     }
 
     #[test]
+    fn scopes_select_by_their_own_label() {
+        assert_eq!(
+            Scope::Compose("kt-a".into()).label(),
+            "com.docker.compose.project=kt-a"
+        );
+        assert_eq!(
+            Scope::Stack("kt-b".into()).label(),
+            "com.docker.stack.namespace=kt-b"
+        );
+        assert_eq!(Scope::Stack("kt-b".into()).name(), "kt-b");
+    }
+
+    #[test]
     fn project_names_are_normalised_like_compose_does() {
         assert_eq!(normalize_project_name("My.Project_1"), "myproject_1");
         assert_eq!(normalize_project_name("-kad-testbed"), "kad-testbed");
@@ -324,5 +508,10 @@ mod tests {
         assert_eq!(short_name("kt-run-1_peer_3", "kt-run-1"), "peer_3");
         assert_eq!(short_name("kt-run-1-peer-3", "kt-run-1"), "peer-3");
         assert_eq!(short_name("other", "kt-run-1"), "other");
+        assert_eq!(
+            short_name("kt-run-1_peer.3.x7k2m9q4w8e1r5t6y0u3i2o9p", "kt-run-1"),
+            "peer.3"
+        );
+        assert_eq!(short_name("kt-run-1_peer.3", "kt-run-1"), "peer.3");
     }
 }

@@ -217,7 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             root: root.clone(),
             overlays: vec![root.join("compose/scale.yml")],
             image: args.image.image.clone(),
-            compose: compose.clone(),
+            engine: run::Engine::Compose(compose.clone()),
             keep: false,
             wait: crate::default_wait(peers),
             up_timeout: args

@@ -21,7 +21,9 @@ use testbed_docker::bollard::query_parameters::{
     KillContainerOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
     StopContainerOptionsBuilder,
 };
-use testbed_docker::{Output, container_lines, project_containers, short_name};
+use testbed_docker::{
+    LogTarget, Output, Scope, containers, log_lines, members, project_containers, short_name,
+};
 
 /// Containers handled at once for work that does not touch network endpoints (logs, removal of
 /// stopped containers, inspection).
@@ -34,21 +36,22 @@ const STOP_PARALLEL: usize = 1;
 /// Seconds `docker stop` waits before SIGKILL. A node flushes and exits in well under one.
 const STOP_TIMEOUT_S: i32 = 10;
 
-/// Waits until `expected` containers of `project` run, or fails after `limit` saying how many do.
+/// Waits until `expected` nodes of `scope` (containers, or a stack's tasks) run, or fails after
+/// `limit` saying how many do.
 pub async fn wait_running(
     docker: &Docker,
-    project: &str,
+    scope: &Scope,
     expected: usize,
     limit: Duration,
     mut progress: impl FnMut(usize),
 ) -> anyhow::Result<Duration> {
     let started = Instant::now();
     loop {
-        let containers = project_containers(docker, project).await?;
+        let containers = members(docker, scope).await?;
         // Nodes only: a crawler (compose/crawl.yml) is not one of the `expected`.
         let running = containers
             .iter()
-            .filter(|(name, r)| *r && is_node(short_name(name, project)))
+            .filter(|m| m.running && is_node(&m.name))
             .count();
         progress(running);
         if running >= expected {
@@ -131,10 +134,10 @@ pub struct Teardown {
     pub leftovers: Vec<String>,
 }
 
-/// Stops every container of `project` (SIGTERM, so nodes flush their final snapshot), one at a
-/// time ([`STOP_PARALLEL`]). Errors are collected, not fatal.
-pub async fn stop_all(docker: &Docker, project: &str) -> anyhow::Result<Vec<String>> {
-    let containers = project_containers(docker, project).await?;
+/// Stops every container of `scope` on this host (SIGTERM, so nodes flush their final snapshot),
+/// one at a time ([`STOP_PARALLEL`]). Errors are collected, not fatal.
+pub async fn stop_all(docker: &Docker, scope: &Scope) -> anyhow::Result<Vec<String>> {
+    let containers = containers(docker, scope).await?;
     let errors = futures::stream::iter(containers.into_iter().filter(|(_, running)| *running))
         .map(|(name, _)| async move {
             let options = StopContainerOptionsBuilder::new().t(STOP_TIMEOUT_S).build();
@@ -154,7 +157,7 @@ pub async fn stop_all(docker: &Docker, project: &str) -> anyhow::Result<Vec<Stri
 /// Removes every container and network of `project`: stop, remove, then the networks, retried.
 pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
     let mut result = Teardown::default();
-    if let Ok(errors) = stop_all(docker, project).await {
+    if let Ok(errors) = stop_all(docker, &Scope::Compose(project.to_owned())).await {
         result.leftovers.extend(errors);
     }
     for attempt in 0..3 {
@@ -240,22 +243,21 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
     result
 }
 
-/// Saves each container's stdout (the events) to `dir/logs/<name>.log` and its stderr
+/// Saves each member's stdout (the events) to `dir/logs/<name>.log` and its stderr
 /// (diagnostics) to `dir/diag/<name>.log`, through the checker's reader
-/// ([`testbed_docker::container_lines`]). Returns the bytes of events saved.
-pub async fn save_logs(docker: &Docker, project: &str, dir: &Path) -> anyhow::Result<u64> {
+/// ([`testbed_docker::log_lines`]). Returns the bytes of events saved.
+pub async fn save_logs(docker: &Docker, scope: &Scope, dir: &Path) -> anyhow::Result<u64> {
     let logs_dir = dir.join("logs");
     let diag_dir = dir.join("diag");
     std::fs::create_dir_all(&logs_dir)
         .and_then(|()| std::fs::create_dir_all(&diag_dir))
         .with_context(|| format!("cannot create {}", dir.display()))?;
-    let containers = project_containers(docker, project).await?;
-    let sizes: Vec<anyhow::Result<u64>> = futures::stream::iter(containers)
-        .map(|(name, _)| {
-            let short = short_name(&name, project);
-            let out_path = logs_dir.join(format!("{short}.log"));
-            let err_path = diag_dir.join(format!("{short}.log"));
-            async move { save_one(docker, &name, &out_path, &err_path).await }
+    let members = members(docker, scope).await?;
+    let sizes: Vec<anyhow::Result<u64>> = futures::stream::iter(members)
+        .map(|member| {
+            let out_path = logs_dir.join(format!("{}.log", member.name));
+            let err_path = diag_dir.join(format!("{}.log", member.name));
+            async move { save_one(docker, &member.logs, &out_path, &err_path).await }
         })
         .buffer_unordered(PARALLEL)
         .collect()
@@ -282,12 +284,13 @@ pub async fn save_container_logs(
     let short = short_name(container, project);
     let out_path = logs_dir.join(format!("{short}.log"));
     let err_path = diag_dir.join(format!("{short}.log"));
-    save_one(docker, container, &out_path, &err_path).await
+    let target = LogTarget::Container(container.to_owned());
+    save_one(docker, &target, &out_path, &err_path).await
 }
 
 async fn save_one(
     docker: &Docker,
-    name: &str,
+    target: &LogTarget,
     out_path: &Path,
     err_path: &Path,
 ) -> anyhow::Result<u64> {
@@ -300,7 +303,7 @@ async fn save_one(
     let mut err = create(err_path)?;
     let mut bytes = 0;
     let mut failed: Option<std::io::Error> = None;
-    container_lines(docker, name, None, true, |output, _, line| {
+    log_lines(docker, target, None, true, |output, _, line| {
         let file = match output {
             Output::Stdout => {
                 bytes += line.len() as u64 + 1;
@@ -313,7 +316,7 @@ async fn save_one(
         }
     })
     .await
-    .with_context(|| format!("logs of {name}"))?;
+    .context("cannot read the logs")?;
     if let Some(e) = failed {
         return Err(e).with_context(|| format!("cannot write {}", out_path.display()));
     }

@@ -7,6 +7,7 @@
 //! * `crawl.rs`: the crawler from the host, seeded with every container's address.
 //! * `run.rs`: one run, with its always-run save-and-teardown.
 //! * `compose.rs`: `docker compose` (v2) or `docker-compose` (v1.29).
+//! * `swarm.rs`: the same files as a Docker Swarm stack (`up --engine swarm`).
 //! * `engine.rs`: what a run does with Docker (through `testbed-docker`): waiting, saving logs,
 //!   resources, teardown.
 //! * `image.rs`: building the image from a local static binary or from source.
@@ -31,6 +32,7 @@ mod host;
 mod image;
 mod run;
 mod scenario;
+mod swarm;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -60,6 +62,7 @@ enum Cmd {
     Up(UpArgs),
     /// Remove every container and network of a compose project: stops one at a time (final
     /// snapshots, and no endpoint-count race), removes 16 at a time, retries, reports leftovers.
+    /// On a swarm manager, a stack of that name (`up --engine swarm --keep`) is removed too.
     Down {
         /// The compose project, as printed by `up` (kt-…).
         project: String,
@@ -78,6 +81,12 @@ enum Cmd {
     /// Summarise runs/history.jsonl (one line per `up` or `bench` run): pass rate with a 95 %
     /// Wilson interval and check times per kind and size, across commits; flags the flaky ones.
     History,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineArg {
+    Compose,
+    Swarm,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -126,6 +135,16 @@ struct UpArgs {
     /// --crawl). The default image, rust-libp2p 0.53, is built here; KAD_FOREIGN_IMAGE runs yours.
     #[arg(long, value_name = "M", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
     foreign: u16,
+
+    /// What deploys the network: compose on this host, or a Docker Swarm stack of the same files
+    /// (docker stack deploy, with compose/swarm.yml) on a swarm this daemon manages.
+    #[arg(long, value_enum, default_value_t = EngineArg::Compose)]
+    engine: EngineArg,
+
+    /// With --engine swarm on a host in no swarm: start a single-node swarm on loopback for the
+    /// run, and leave it afterwards. A swarm the host is already in is used and left alone.
+    #[arg(long)]
+    init_swarm: bool,
 
     /// Leave the network running after the check.
     #[arg(long)]
@@ -255,7 +274,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
     }
     let nodes = args.peers + 1;
     // Compose runs in the workspace root: resolve overlays against where the user is.
-    let overlays = args
+    let mut overlays = args
         .overlays
         .iter()
         .map(|f| {
@@ -270,9 +289,29 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
     for note in host::check_neighbour_table(nodes, args.ignore_host_limits)?.notes {
         eprintln!("testbed: {note}");
     }
+    if args.engine == EngineArg::Swarm {
+        swarm_supports(&args)?;
+        overlays.push(root.join(swarm::OVERLAY));
+    } else if args.init_swarm {
+        anyhow::bail!("--init-swarm: only with --engine swarm");
+    } else if args.peers > SCALE_FROM && !overlays.iter().any(|o| o.ends_with(SCALE_OVERLAY)) {
+        eprintln!(
+            "testbed: adding {SCALE_OVERLAY} (more than {SCALE_FROM} peers: no per-peer healthcheck, \
+             a larger CPU weight for the bootstrap)"
+        );
+        overlays.insert(0, root.join(SCALE_OVERLAY));
+    }
     let docker = testbed_docker::connect().await?;
-    let compose = Compose::detect()?;
+    let engine = match args.engine {
+        EngineArg::Compose => run::Engine::Compose(Compose::detect()?),
+        EngineArg::Swarm => run::Engine::Swarm,
+    };
     build_image(&args.image)?;
+    // Last before the runs: nothing after it may fail without the swarm being left again.
+    let swarm = match args.engine {
+        EngineArg::Swarm => Some(swarm::prepare(&docker, args.init_swarm).await?),
+        EngineArg::Compose => None,
+    };
     if foreign > 0 && std::env::var_os("KAD_FOREIGN_IMAGE").is_none() {
         let mode = args.image.build.unwrap_or_else(BuildMode::auto);
         image::build_foreign(mode, image::FOREIGN_IMAGE, &root)?;
@@ -302,7 +341,7 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
             root: root.clone(),
             overlays: overlays.clone(),
             image: args.image.image.clone(),
-            compose: compose.clone(),
+            engine: engine.clone(),
             keep: args.keep,
             wait: args.wait.unwrap_or(default_wait(args.peers)),
             up_timeout: args.up_timeout.unwrap_or(default_up_timeout(args.peers)),
@@ -332,6 +371,16 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
         worst = worst.max(outcome.exit_code());
         entries.push(history::Entry::of(&outcome, "up", &commit));
     }
+    if let Some(swarm) = swarm {
+        if args.keep {
+            eprintln!(
+                "testbed: --keep: the swarm stays as it is (docker swarm leave --force, once the stack is removed)"
+            );
+        } else if let Err(e) = swarm.leave(&docker).await {
+            eprintln!("testbed: {e:#}");
+            worst = 2;
+        }
+    }
     if args.repeat > 1 {
         let refs: Vec<&history::Entry> = entries.iter().collect();
         println!(
@@ -342,6 +391,26 @@ async fn up(mut args: UpArgs) -> anyhow::Result<u8> {
         );
     }
     Ok(worst)
+}
+
+/// The overlay for hundreds of peers on one host, and the size from which `up` adds it.
+const SCALE_OVERLAY: &str = "compose/scale.yml";
+const SCALE_FROM: usize = 100;
+
+/// What a swarm run does not do (yet): each of these needs compose's containers by name.
+fn swarm_supports(args: &UpArgs) -> anyhow::Result<()> {
+    let unsupported = [
+        (args.scenario.is_some(), "--scenario"),
+        (args.crawl, "--crawl"),
+        (args.foreign > 0, "--foreign"),
+    ];
+    if let Some((_, flag)) = unsupported.iter().find(|(used, _)| *used) {
+        anyhow::bail!(
+            "{flag} runs on compose only (it stops, restarts and crawls containers by their \
+             compose names); drop --engine swarm"
+        );
+    }
+    Ok(())
 }
 
 /// The nodes' environment a scenario asks for.
@@ -387,7 +456,16 @@ async fn down(project: &str) -> anyhow::Result<u8> {
     let docker = testbed_docker::connect().await?;
     // The same normalisation `up --project` applied, so the name given to both finds the project.
     let project = &testbed_docker::normalize_project_name(project);
-    let teardown = engine::teardown(&docker, project).await;
+    // A stack of that name (`up --engine swarm --keep`) goes too, if this daemon manages one.
+    let stack = testbed_docker::swarm_state(&docker).await.ok()
+        == Some(testbed_docker::SwarmState::Manager);
+    let mut teardown = engine::teardown(&docker, project).await;
+    if stack {
+        let swarm = swarm::teardown(&docker, project).await;
+        teardown.containers_removed += swarm.containers_removed;
+        teardown.networks_removed += swarm.networks_removed;
+        teardown.leftovers.extend(swarm.leftovers);
+    }
     eprintln!(
         "testbed: removed {} containers and {} networks of {project}",
         teardown.containers_removed, teardown.networks_removed

@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 use testbed_check::verdict::{At, PropertyId};
 use testbed_check::{CheckOptions, Reader, Report, Source, report};
+use testbed_docker::Scope;
 use testbed_docker::bollard::Docker;
 
 use crate::compose::Compose;
@@ -27,7 +28,8 @@ pub struct RunSpec {
     pub root: PathBuf,
     pub overlays: Vec<PathBuf>,
     pub image: String,
-    pub compose: Compose,
+    /// Compose (v2 or v1), or a swarm stack of the same files.
+    pub engine: Engine,
     /// Leave the network running (logs are saved from the live containers).
     pub keep: bool,
     /// How long the DHT may take to form once the containers run.
@@ -54,6 +56,42 @@ pub struct RunSpec {
     /// Benchmarks (`bench --crawl`): after the idle sample, crawl every node once from the host
     /// (`testbed crawl`), events to `runs/<name>/crawl.jsonl`, and time it.
     pub host_crawl: bool,
+}
+
+/// What deploys the network.
+#[derive(Debug, Clone)]
+pub enum Engine {
+    /// `docker compose` or `docker-compose`: a project on this host.
+    Compose(Compose),
+    /// `docker stack deploy` (with compose/swarm.yml): a stack on a swarm this daemon manages.
+    Swarm,
+}
+
+impl Engine {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Engine::Compose(c) => c.name(),
+            Engine::Swarm => "docker stack",
+        }
+    }
+}
+
+impl RunSpec {
+    /// The Docker objects of this run: the compose project, or the stack of the same name.
+    pub fn scope(&self) -> Scope {
+        match self.engine {
+            Engine::Compose(_) => Scope::Compose(self.project.clone()),
+            Engine::Swarm => Scope::Stack(self.project.clone()),
+        }
+    }
+
+    /// The compose program, for what only compose does (scenarios add and restart containers).
+    pub fn compose(&self) -> anyhow::Result<&Compose> {
+        match &self.engine {
+            Engine::Compose(c) => Ok(c),
+            Engine::Swarm => anyhow::bail!("this needs compose; the run deploys a swarm stack"),
+        }
+    }
 }
 
 /// How long after the network formed a fresh crawl round may take to finish: the crawler's
@@ -187,7 +225,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
         name: spec.name.clone(),
         project: spec.project.clone(),
         peers: spec.peers,
-        compose: spec.compose.name().into(),
+        compose: spec.engine.name().into(),
         image: spec.image.clone(),
         up_seconds: None,
         check_seconds: None,
@@ -235,7 +273,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
     if !spec.keep {
         say("stopping nodes (SIGTERM: each writes its final routing table)");
         outcome.shutdown_began = Some(testbed_events::Timestamp::now());
-        match engine::stop_all(docker, &spec.project).await {
+        match engine::stop_all(docker, &spec.scope()).await {
             Ok(errors) if !errors.is_empty() => {
                 eprintln!(
                     "  {} containers did not stop cleanly: {}",
@@ -247,7 +285,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
             Err(e) => eprintln!("  cannot stop containers: {e:#}"),
         }
     }
-    match engine::save_logs(docker, &spec.project, &run_dir).await {
+    match engine::save_logs(docker, &spec.scope(), &run_dir).await {
         Ok(bytes) => {
             outcome.log_bytes = bytes;
             say(&format!(
@@ -267,7 +305,10 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
             spec.project
         ));
     } else {
-        let teardown = engine::teardown(docker, &spec.project).await;
+        let teardown = match spec.engine {
+            Engine::Compose(_) => engine::teardown(docker, &spec.project).await,
+            Engine::Swarm => crate::swarm::teardown(docker, &spec.project).await,
+        };
         if teardown.leftovers.is_empty() {
             say(&format!(
                 "torn down: {} containers, {} networks removed",
@@ -363,11 +404,15 @@ async fn bring_up_and_check(
     let mut env = spec.env.clone();
     env.push(("KAD_IMAGE".into(), spec.image.clone()));
 
+    let what = match spec.engine {
+        Engine::Compose(_) => "compose project",
+        Engine::Swarm => "swarm stack",
+    };
     say(&format!(
-        "starting bootstrap + {} peers as compose project {} ({})",
+        "starting bootstrap + {} peers as {what} {} ({})",
         spec.peers,
         spec.project,
-        spec.compose.name()
+        spec.engine.name()
     ));
     let started = Instant::now();
     let log = run_dir.join("compose.log");
@@ -381,9 +426,17 @@ async fn bring_up_and_check(
                     tokio::time::sleep(spec.waves.gap).await;
                     say(&format!("wave {}: scaling to {scale} peers", i + 1));
                 }
-                spec.compose
-                    .up(&spec.root, &spec.project, &files, scale, &env, &log)
-                    .await?;
+                match &spec.engine {
+                    Engine::Compose(compose) => {
+                        compose
+                            .up(&spec.root, &spec.project, &files, scale, &env, &log)
+                            .await?
+                    }
+                    Engine::Swarm => {
+                        crate::swarm::deploy(&spec.root, &spec.project, &files, scale, &env, &log)
+                            .await?
+                    }
+                }
             }
             anyhow::Ok(())
         })
@@ -391,7 +444,7 @@ async fn bring_up_and_check(
         .map_err(|_| {
             anyhow::anyhow!(
                 "{} up did not finish within {}s (--up-timeout)",
-                spec.compose.name(),
+                spec.engine.name(),
                 spec.up_timeout.as_secs()
             )
         })?
@@ -401,7 +454,8 @@ async fn bring_up_and_check(
     // out; a compose past the deadline is killed).
     let expected = spec.peers + 1;
     let mut reported = Instant::now();
-    let waiting = engine::wait_running(docker, &spec.project, expected, spec.up_timeout, |n| {
+    let scope = spec.scope();
+    let waiting = engine::wait_running(docker, &scope, expected, spec.up_timeout, |n| {
         if n < expected && reported.elapsed() >= Duration::from_secs(5) {
             eprintln!("  {n}/{expected} containers running");
             reported = Instant::now();
@@ -420,7 +474,10 @@ async fn bring_up_and_check(
         spec.wait.as_secs()
     ));
     let checking = Instant::now();
-    let mut reader = Reader::new(Source::Compose(spec.project.clone()));
+    let mut reader = Reader::new(match spec.engine {
+        Engine::Compose(_) => Source::Compose(spec.project.clone()),
+        Engine::Swarm => Source::Stack(spec.project.clone()),
+    });
     let mut report: Option<Report> = None;
     let mut last_line = String::new();
     loop {

@@ -29,6 +29,11 @@ fn bad_flags_exit_2_naming_the_flag_and_the_value() {
         (&["bench", "--waves", "0"][..], "--waves", "0"),
         (&["bench", "--wave-gap", "later"][..], "--wave-gap", "later"),
         (&["flaky", "--runs", "0", "--", "true"][..], "--runs", "0"),
+        (
+            &["up", "--engine", "kubernetes"][..],
+            "--engine",
+            "kubernetes",
+        ),
     ] {
         let (code, stderr) = testbed(args);
         assert_eq!(code, Some(2), "{args:?}: {stderr}");
@@ -47,4 +52,27 @@ fn a_missing_overlay_is_named_before_anything_starts() {
         stderr.contains("--overlay compose/no-such-overlay.yml"),
         "{stderr}"
     );
+}
+
+#[test]
+fn swarm_runs_refuse_what_only_compose_does_before_anything_starts() {
+    for (args, want) in [
+        (
+            &["up", "--engine", "swarm", "--crawl"][..],
+            "--crawl runs on compose only",
+        ),
+        (
+            &["up", "--engine", "swarm", "--foreign", "1"][..],
+            "--foreign runs on compose only",
+        ),
+        (
+            &["up", "--init-swarm"][..],
+            "--init-swarm: only with --engine swarm",
+        ),
+    ] {
+        let (code, stderr) = testbed(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{args:?}: {stderr}");
+        assert!(!stderr.contains("building image"), "{args:?}: {stderr}");
+    }
 }

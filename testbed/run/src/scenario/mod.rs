@@ -379,7 +379,7 @@ async fn act(
             let before: Vec<String> = containers_of("all", groups, stage).await?;
             *peers += n;
             let spec = stage.spec;
-            spec.compose
+            spec.compose()?
                 .up(
                     &spec.root,
                     &spec.project,
@@ -392,7 +392,7 @@ async fn act(
             let running = before.len() + n;
             engine::wait_running(
                 docker,
-                &spec.project,
+                &spec.scope(),
                 running,
                 Duration::from_secs(60) + Duration::from_secs(*n as u64),
                 |_| {},
