@@ -414,32 +414,20 @@ fn bad_flags_exit_2_naming_the_flag() {
 
 #[test]
 fn no_docker_daemon_exits_2_with_what_to_do() {
-    let out = std::process::Command::new(util::BIN)
-        .args(["--project", "anything"])
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot reach the Docker daemon") && stderr.contains("--logs"),
-        "{stderr}"
-    );
-}
-
-#[test]
-fn a_stack_without_a_docker_daemon_exits_2_with_what_to_do() {
-    let out = std::process::Command::new(util::BIN)
-        .args(["--stack", "anything"])
-        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        .output()
-        .expect("runs");
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot reach the Docker daemon"),
-        "{stderr}"
-    );
+    // A compose project and a swarm stack are both read through the daemon.
+    for source in ["--project", "--stack"] {
+        let out = std::process::Command::new(util::BIN)
+            .args([source, "anything"])
+            .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+            .output()
+            .expect("runs");
+        assert_eq!(out.status.code(), Some(2), "{source}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("cannot reach the Docker daemon") && stderr.contains("--logs"),
+            "{source}: {stderr}"
+        );
+    }
 }
 
 #[test]

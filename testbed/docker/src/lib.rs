@@ -10,7 +10,8 @@
 //! * [`swarm_state`]: whether this daemon is a swarm manager.
 //! * [`process_and_addresses`]: a container's main process and IPv4 addresses, to enter its
 //!   network namespace from outside (the orchestrator's network faults).
-//! * [`attached_containers`]: who still holds a network (teardown names them).
+//! * [`attached_containers`]: who still holds a network (teardown names them); [`networks`] and
+//!   [`stack_services`]: what a teardown removes.
 //! * [`default_project_name`], [`normalize_project_name`]: compose's project naming.
 //!
 //! Nothing here decides anything: waiting, teardown and the verdict live with their callers.
@@ -22,8 +23,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
-    LogsOptionsBuilder,
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, ListServicesOptionsBuilder,
+    ListTasksOptionsBuilder, LogsOptionsBuilder,
 };
 use futures::StreamExt;
 
@@ -91,6 +92,29 @@ pub async fn containers(
             Some((name, running))
         })
         .collect())
+}
+
+/// The names of the networks of `scope` (a project's or a stack's, by their label).
+pub async fn networks(docker: &Docker, scope: &Scope) -> Result<Vec<String>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![scope.label()])]);
+    let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
+    let networks = docker
+        .list_networks(Some(options))
+        .await
+        .map_err(|e| DockerError::Api(format!("cannot list networks: {e}")))?;
+    Ok(networks.into_iter().filter_map(|n| n.name).collect())
+}
+
+/// The names of the services of a swarm stack.
+pub async fn stack_services(docker: &Docker, stack: &str) -> Result<Vec<String>, DockerError> {
+    let filters = HashMap::from([("label".to_owned(), vec![format!("{STACK_LABEL}={stack}")])]);
+    let services = docker
+        .list_services(Some(
+            ListServicesOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .map_err(|e| swarm_error("list the stack's services", e))?;
+    Ok(services.into_iter().filter_map(|s| s.spec?.name).collect())
 }
 
 /// The names of the containers attached to `network` (by name or id).
@@ -183,19 +207,10 @@ pub async fn members(docker: &Docker, scope: &Scope) -> Result<Vec<Member>, Dock
 }
 
 async fn stack_tasks(docker: &Docker, stack: &str) -> Result<Vec<Member>, DockerError> {
-    let filters = HashMap::from([("label".to_owned(), vec![format!("{STACK_LABEL}={stack}")])]);
-    let services = docker
-        .list_services(Some(
-            ListServicesOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .map_err(|e| swarm_error("list the stack's services", e))?;
     let mut members = Vec::new();
-    for service in services {
-        let (Some(id), Some(name)) = (service.id, service.spec.and_then(|s| s.name)) else {
-            continue;
-        };
-        let filters = HashMap::from([("service".to_owned(), vec![id])]);
+    for name in stack_services(docker, stack).await? {
+        // The task filter takes a service's name as well as its id.
+        let filters = HashMap::from([("service".to_owned(), vec![name.clone()])]);
         let tasks = docker
             .list_tasks(Some(
                 ListTasksOptionsBuilder::new().filters(&filters).build(),

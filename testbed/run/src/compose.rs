@@ -93,33 +93,39 @@ impl Compose {
         env: &[(String, String)],
         log: &Path,
     ) -> anyhow::Result<()> {
-        let out = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("cannot write {}", log.display()))?;
         let mut cmd = self.command(root, project, files);
         cmd.args(["up", "-d", "--no-build", "--scale"])
             .arg(format!("peer={peers}"))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let status = tokio::process::Command::from(cmd)
-            .kill_on_drop(true)
-            .status()
-            .await
-            .with_context(|| format!("cannot run {}", self.name()))?;
-        if !status.success() {
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: Vec<&str> = tail.lines().rev().take(15).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!(
-                "{} up failed ({status}); its last lines:\n{}",
-                self.name(),
-                tail.join("\n")
-            );
-        }
-        Ok(())
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        run_logged(cmd, log, &format!("{} up", self.name())).await
     }
+}
+
+/// Runs `cmd` (`what`, for errors), its output appended to `log`; a failure quotes the log's last
+/// lines. Dropping the future kills the process.
+pub async fn run_logged(cmd: Command, log: &Path, what: &str) -> anyhow::Result<()> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("cannot write {}", log.display()))?;
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .kill_on_drop(true);
+    let status = cmd
+        .status()
+        .await
+        .with_context(|| format!("cannot run {what}"))?;
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "{what} failed ({status}); its last lines:\n{}",
+            tail.join("\n")
+        );
+    }
+    Ok(())
 }

@@ -18,11 +18,11 @@ use anyhow::Context;
 use futures::StreamExt;
 use testbed_docker::bollard::Docker;
 use testbed_docker::bollard::query_parameters::{
-    KillContainerOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use testbed_docker::{
-    LogTarget, Output, Scope, containers, log_lines, members, project_containers, short_name,
+    LogTarget, Output, Scope, containers, log_lines, members, networks, project_containers,
+    short_name,
 };
 
 /// Containers handled at once for work that does not touch network endpoints (logs, removal of
@@ -157,7 +157,8 @@ pub async fn stop_all(docker: &Docker, scope: &Scope) -> anyhow::Result<Vec<Stri
 /// Removes every container and network of `project`: stop, remove, then the networks, retried.
 pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
     let mut result = Teardown::default();
-    if let Ok(errors) = stop_all(docker, &Scope::Compose(project.to_owned())).await {
+    let scope = Scope::Compose(project.to_owned());
+    if let Ok(errors) = stop_all(docker, &scope).await {
         result.leftovers.extend(errors);
     }
     for attempt in 0..3 {
@@ -181,17 +182,7 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
         result.containers_removed += removed.iter().filter(|r| **r).count();
         tokio::time::sleep(Duration::from_millis(500 * (attempt + 1))).await;
     }
-    let filters = HashMap::from([(
-        "label".to_owned(),
-        vec![format!("com.docker.compose.project={project}")],
-    )]);
-    let list_networks = || async {
-        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        docker
-            .list_networks(Some(options))
-            .await
-            .unwrap_or_default()
-    };
+    let list_networks = || async { networks(docker, &scope).await.unwrap_or_default() };
     // Networks another container still holds, with who holds them: retrying will not help.
     let mut held: HashMap<String, Vec<String>> = HashMap::new();
     for attempt in 0..5u32 {
@@ -199,8 +190,7 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
         if networks.is_empty() {
             break;
         }
-        for network in networks {
-            let Some(name) = network.name else { continue };
+        for name in networks {
             if docker.remove_network(&name).await.is_ok() {
                 result.networks_removed += 1;
                 continue;
@@ -225,8 +215,7 @@ pub async fn teardown(docker: &Docker, project: &str) -> Teardown {
                 .map(|(n, _)| format!("container {n}")),
         );
     }
-    for network in list_networks().await {
-        let name = network.name.unwrap_or_default();
+    for name in list_networks().await {
         result.leftovers.push(match held.get(&name) {
             Some(others) => format!(
                 "network {name}: containers that are not this project's are still attached \

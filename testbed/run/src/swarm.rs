@@ -13,18 +13,14 @@
 //! a multi-host swarm every node's log is saved, while only this host's containers get the
 //! one-at-a-time SIGTERM; the others stop when their service is removed.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use testbed_docker::bollard::Docker;
 use testbed_docker::bollard::models::SwarmInitRequest;
-use testbed_docker::bollard::query_parameters::{
-    LeaveSwarmOptionsBuilder, ListNetworksOptionsBuilder, ListServicesOptionsBuilder,
-};
-use testbed_docker::{Scope, SwarmState, containers, swarm_state};
+use testbed_docker::bollard::query_parameters::LeaveSwarmOptionsBuilder;
+use testbed_docker::{Scope, SwarmState, containers, networks, stack_services, swarm_state};
 
 use crate::engine::Teardown;
 
@@ -139,12 +135,7 @@ pub async fn deploy(
     env: &[(String, String)],
     log: &Path,
 ) -> anyhow::Result<()> {
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .with_context(|| format!("cannot write {}", log.display()))?;
-    let mut cmd = tokio::process::Command::new("docker");
+    let mut cmd = std::process::Command::new("docker");
     cmd.current_dir(root).args(["stack", "deploy"]);
     for f in files {
         cmd.arg("--compose-file").arg(f);
@@ -153,45 +144,18 @@ pub async fn deploy(
     // and a multi-host swarm is told where the image is by the user's registry or `docker load`).
     cmd.args(["--resolve-image", "never", stack])
         .env("KAD_PEERS", peers.to_string())
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .kill_on_drop(true);
-    let status = cmd
-        .status()
-        .await
-        .context("cannot run `docker stack deploy` (is the docker CLI installed?)")?;
-    if !status.success() {
-        let text = std::fs::read_to_string(log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!(
-            "docker stack deploy failed ({status}); its last lines:\n{}",
-            tail.join("\n")
-        );
-    }
-    Ok(())
+        .envs(env.iter().map(|(k, v)| (k, v)));
+    crate::compose::run_logged(cmd, log, "docker stack deploy").await
 }
 
 /// Removes the stack: its services (their tasks' containers go with them), then its networks, each
 /// waited for up to [`TEARDOWN_LIMIT`] in all. Whatever is still there is a leftover, named.
 pub async fn teardown(docker: &Docker, stack: &str) -> Teardown {
     let scope = Scope::Stack(stack.to_owned());
-    let filters = HashMap::from([("label".to_owned(), vec![scope.label()])]);
     let mut result = Teardown::default();
     let deadline = Instant::now() + TEARDOWN_LIMIT;
     let before = containers(docker, &scope).await.map_or(0, |c| c.len());
-    let services = docker
-        .list_services(Some(
-            ListServicesOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .unwrap_or_default();
-    for service in services {
-        let Some(name) = service.spec.and_then(|s| s.name) else {
-            continue;
-        };
+    for name in stack_services(docker, stack).await.unwrap_or_default() {
         if let Err(e) = docker.delete_service(&name).await {
             result.leftovers.push(format!("service {name}: {e}"));
         }
@@ -204,22 +168,14 @@ pub async fn teardown(docker: &Docker, stack: &str) -> Teardown {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let list_networks = || async {
-        let options = ListNetworksOptionsBuilder::new().filters(&filters).build();
-        docker
-            .list_networks(Some(options))
-            .await
-            .unwrap_or_default()
-    };
+    let list_networks = || async { networks(docker, &scope).await.unwrap_or_default() };
     loop {
-        let networks = list_networks().await;
-        if networks.is_empty() || Instant::now() >= deadline {
+        let left = list_networks().await;
+        if left.is_empty() || Instant::now() >= deadline {
             break;
         }
-        for network in networks {
-            if let Some(name) = network.name
-                && docker.remove_network(&name).await.is_ok()
-            {
+        for name in left {
+            if docker.remove_network(&name).await.is_ok() {
                 result.networks_removed += 1;
             }
         }
@@ -236,20 +192,12 @@ pub async fn teardown(docker: &Docker, stack: &str) -> Teardown {
             .leftovers
             .push(format!("cannot list containers: {e}")),
     }
-    let services_left = docker
-        .list_services(Some(
-            ListServicesOptionsBuilder::new().filters(&filters).build(),
-        ))
-        .await
-        .unwrap_or_default();
-    for service in services_left {
-        let name = service.spec.and_then(|s| s.name).unwrap_or_default();
+    for name in stack_services(docker, stack).await.unwrap_or_default() {
         result
             .leftovers
             .push(format!("service {name} (docker service rm {name})"));
     }
-    for network in list_networks().await {
-        let name = network.name.unwrap_or_default();
+    for name in list_networks().await {
         result.leftovers.push(format!(
             "network {name}: still there {}s after its services went (docker network rm {name})",
             TEARDOWN_LIMIT.as_secs()
