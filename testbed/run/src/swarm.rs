@@ -108,7 +108,12 @@ impl Swarm {
             let mut last = None;
             for attempt in 0..5u64 {
                 match docker.remove_network(GATEWAY_BRIDGE).await {
-                    Ok(()) => {
+                    // Gone already: a daemon that made it lazily never needed it.
+                    Ok(())
+                    | Err(testbed_docker::bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404,
+                        ..
+                    }) => {
                         last = None;
                         break;
                     }
