@@ -95,6 +95,8 @@ pub struct EventLoop<W: Write> {
     unroutable: HashSet<PeerId>,
     /// Peers let into a full bucket, and whom they replaced (reported with their insertion).
     evicting: HashMap<PeerId, PeerId>,
+    /// When each peer's addresses were last looked up (see [`EventLoop::find_addresses_of`]).
+    peer_lookups: HashMap<PeerId, Instant>,
     liveness: Liveness,
 }
 
@@ -156,6 +158,7 @@ impl<W: Write> EventLoop<W> {
             identified: HashMap::new(),
             unroutable: HashSet::new(),
             evicting: HashMap::new(),
+            peer_lookups: HashMap::new(),
             liveness: Liveness::default(),
         }
     }
@@ -234,15 +237,18 @@ impl<W: Write> EventLoop<W> {
             let target = self.next_walk_target;
             self.next_walk_target = match target {
                 WalkTarget::Own => WalkTarget::Random,
-                WalkTarget::Random => WalkTarget::Own,
+                // Peer lookups are never scheduled (see `admission.rs`).
+                WalkTarget::Random | WalkTarget::Peer => WalkTarget::Own,
             };
             if self.table_size() > 0 {
                 let id = match target {
                     WalkTarget::Own => self.lookup_own_key(),
-                    WalkTarget::Random => self.swarm.behaviour_mut().kad.get_n_closest_peers(
-                        PeerId::random(),
-                        NonZeroUsize::new(RANDOM_WALK_PEERS).unwrap_or(NonZeroUsize::MIN),
-                    ),
+                    WalkTarget::Random | WalkTarget::Peer => {
+                        self.swarm.behaviour_mut().kad.get_n_closest_peers(
+                            PeerId::random(),
+                            NonZeroUsize::new(RANDOM_WALK_PEERS).unwrap_or(NonZeroUsize::MIN),
+                        )
+                    }
                 };
                 self.queries.insert(
                     id,
@@ -434,6 +440,9 @@ impl<W: Write> EventLoop<W> {
             }
             identify::Event::Error { peer_id, error, .. } => {
                 tracing::debug!(%peer_id, error = %error_chain(&error), "identify failed");
+                if self.swarm.is_connected(&peer_id) {
+                    self.find_addresses_of(peer_id, Instant::now());
+                }
             }
             identify::Event::Sent { .. } | identify::Event::Pushed { .. } => {}
         }
@@ -475,6 +484,7 @@ impl<W: Write> EventLoop<W> {
                         peer_id: peer.to_string(),
                     });
                 }
+                self.find_addresses_of(peer, Instant::now());
             }
             kad::Event::OutboundQueryProgressed {
                 id,

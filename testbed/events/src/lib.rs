@@ -186,6 +186,10 @@ pub enum WalkTarget {
     Own,
     /// A random key.
     Random,
+    /// A peer that spoke Kademlia to this node but left it no address to dial back (its
+    /// identify failed), and that would be among this node's k closest: the lookup of its key
+    /// finds its addresses in its own neighbours' tables.
+    Peer,
 }
 
 /// One peer in a routing table snapshot.
