@@ -95,8 +95,8 @@ pub struct EventLoop<W: Write> {
     unroutable: HashSet<PeerId>,
     /// Peers let into a full bucket, and whom they replaced (reported with their insertion).
     evicting: HashMap<PeerId, PeerId>,
-    /// When each peer's addresses were last looked up (see [`EventLoop::find_addresses_of`]).
-    peer_lookups: HashMap<PeerId, Instant>,
+    /// Close peers without an address, to look up (see [`EventLoop::find_addresses_later`]).
+    peer_lookups: admission::PeerLookups,
     liveness: Liveness,
 }
 
@@ -158,7 +158,7 @@ impl<W: Write> EventLoop<W> {
             identified: HashMap::new(),
             unroutable: HashSet::new(),
             evicting: HashMap::new(),
-            peer_lookups: HashMap::new(),
+            peer_lookups: admission::PeerLookups::default(),
             liveness: Liveness::default(),
         }
     }
@@ -214,6 +214,7 @@ impl<W: Write> EventLoop<W> {
             .chain(self.next_walk)
             .chain(self.next_bootstrap)
             .chain(self.rejoin.at)
+            .chain(self.peer_lookups.next())
             .chain(self.liveness.deadlines())
             .fold(heartbeat, Instant::min)
     }
@@ -267,6 +268,7 @@ impl<W: Write> EventLoop<W> {
             self.rejoin.at = None;
             self.start_bootstrap(BootstrapTrigger::Initial);
         }
+        self.find_addresses_due(now);
         self.on_liveness_timers(now);
     }
 
@@ -441,7 +443,7 @@ impl<W: Write> EventLoop<W> {
             identify::Event::Error { peer_id, error, .. } => {
                 tracing::debug!(%peer_id, error = %error_chain(&error), "identify failed");
                 if self.swarm.is_connected(&peer_id) {
-                    self.find_addresses_of(peer_id, Instant::now());
+                    self.find_addresses_later(peer_id, Instant::now());
                 }
             }
             identify::Event::Sent { .. } | identify::Event::Pushed { .. } => {}
@@ -484,7 +486,7 @@ impl<W: Write> EventLoop<W> {
                         peer_id: peer.to_string(),
                     });
                 }
-                self.find_addresses_of(peer, Instant::now());
+                self.find_addresses_later(peer, Instant::now());
             }
             kad::Event::OutboundQueryProgressed {
                 id,

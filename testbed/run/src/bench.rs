@@ -51,6 +51,12 @@ pub struct BenchArgs {
     #[arg(long)]
     crawl: bool,
 
+    /// Play these scenarios (compose/scenarios/*.toml, comma-separated) at each `--peers` size
+    /// instead of the plain run (the file's own `peers` is replaced), and write the *Scenarios*
+    /// table: each expectation's verdict, and how long it took to hold (the healing time).
+    #[arg(long, value_delimiter = ',', value_name = "FILE")]
+    scenario: Vec<PathBuf>,
+
     /// How long starting the containers may take [default: 60s + 1s a peer, plus the waves'
     /// gaps]. A slow daemon (fuse-overlayfs here started 1000 at ~1/s) needs more.
     #[arg(long, value_parser = parse_duration)]
@@ -179,6 +185,30 @@ struct Machine {
     compose: String,
 }
 
+/// One expectation of one scenario run (`bench --scenario`): a line of the *Scenarios* table.
+/// A run that failed before its steps is one line with step 0.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ScenarioRow {
+    pub scenario: String,
+    pub peers: usize,
+    pub commit: String,
+    pub date: String,
+    pub run: String,
+    /// The whole run: the network formed and every expectation held.
+    pub passed: bool,
+    pub step: usize,
+    /// What the step did, as the scenario report says it.
+    pub action: String,
+    /// The expectation (`closest ≥ 100 %`) and how it must hold (`within 2m`).
+    pub expectation: String,
+    pub expectation_passed: bool,
+    /// `within`: from the step until the property first held (the healing time).
+    pub held_after_s: Option<f64>,
+    /// Why the expectation failed, or why the run did.
+    pub failure: Option<String>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Benchmarks {
     date: String,
@@ -188,9 +218,28 @@ struct Benchmarks {
     image_bytes: Option<u64>,
     settle_s: u64,
     rows: Vec<Row>,
+    /// Written by `bench --scenario`; files from before it have none.
+    #[serde(default)]
+    scenarios: Vec<ScenarioRow>,
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
+    // Every scenario file is read (and its privileges checked) before anything starts.
+    let mut scenarios = Vec::new();
+    if !args.scenario.is_empty() {
+        if args.churn.is_some() || args.crawl || args.waves > 1 {
+            anyhow::bail!(
+                "--scenario plays its own timeline: drop --churn, --crawl and --waves (a scenario \
+                 kills, adds or restarts peers with its own steps)"
+            );
+        }
+        for path in &args.scenario {
+            scenarios.push(crate::scenario::file::load(path)?);
+        }
+        if scenarios.iter().any(|s| s.needs_network_faults()) {
+            crate::faults::preflight(scenarios.iter().any(|s| s.needs_delay())).await?;
+        }
+    }
     let largest = args.peers.iter().copied().max().unwrap_or(0) + 1;
     for note in host::check_neighbour_table(largest, args.ignore_host_limits)?.notes {
         eprintln!("testbed: {note}");
@@ -205,6 +254,81 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         .chars()
         .filter(|c| c.is_ascii_digit())
         .collect();
+    if !scenarios.is_empty() {
+        let mut lines = Vec::new();
+        let mut all_passed = true;
+        for scenario in &scenarios {
+            for &peers in &args.peers {
+                eprintln!(
+                    "\ntestbed bench: scenario {} at {peers} peers",
+                    scenario.name
+                );
+                let mut scenario = scenario.clone();
+                scenario.peers = peers;
+                let (name, project) = names(
+                    Some(format!("bench-{stamp}-{}-{peers}p", scenario.name)),
+                    "bench",
+                    peers,
+                );
+                let spec = RunSpec {
+                    name,
+                    project,
+                    peers,
+                    root: root.clone(),
+                    overlays: std::iter::once(root.join("compose/scale.yml"))
+                        .chain(scenario.overlays.iter().map(|o| root.join(o)))
+                        .collect(),
+                    image: args.image.image.clone(),
+                    engine: run::Engine::Compose(compose.clone()),
+                    keep: false,
+                    wait: crate::default_wait(peers),
+                    up_timeout: args.up_timeout.unwrap_or(crate::default_up_timeout(peers)),
+                    waves: run::Waves::ALL_AT_ONCE,
+                    check: CheckOptions {
+                        expect_nodes: Some(peers + 1),
+                        ..CheckOptions::default()
+                    },
+                    env: crate::scenario_env(&scenario),
+                    settle: None,
+                    kind: "bench",
+                    churn: None,
+                    scenario: Some(scenario.clone()),
+                    crawl: false,
+                    host_crawl: false,
+                };
+                let outcome = run::execute(&spec, &docker).await;
+                if let Some(signal) = outcome.interrupted {
+                    eprintln!(
+                        "testbed bench: interrupted ({signal}) in scenario {} at {peers} peers: no \
+                         row for it, no further runs",
+                        scenario.name
+                    );
+                    return Ok(2);
+                }
+                all_passed &= outcome.exit_code() == 0;
+                let (date, commit, command, machine) = header(&root, &docker, &compose).await;
+                lines.extend(scenario_rows(
+                    &scenario.name,
+                    peers,
+                    &outcome,
+                    &commit,
+                    &date,
+                ));
+                let bench = Benchmarks {
+                    date,
+                    commit,
+                    command,
+                    machine,
+                    image_bytes,
+                    settle_s: args.settle.as_secs(),
+                    rows: with_earlier_rows(&root, Vec::new()),
+                    scenarios: with_earlier_scenarios(&root, lines.clone()),
+                };
+                write(&root, &bench)?;
+            }
+        }
+        return Ok(if all_passed { 0 } else { 1 });
+    }
 
     let mut rows = Vec::new();
     for &peers in &args.peers {
@@ -266,14 +390,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             0.0
         };
         rows.push(row);
+        let (date, commit, command, machine) = header(&root, &docker, &compose).await;
         let bench = Benchmarks {
-            date: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            commit: commit(&root),
-            command: std::env::args().collect::<Vec<_>>().join(" "),
-            machine: machine(&docker, &compose).await,
+            date,
+            commit,
+            command,
+            machine,
             image_bytes,
             settle_s: args.settle.as_secs(),
             rows: with_earlier_rows(&root, rows.clone()),
+            scenarios: with_earlier_scenarios(&root, Vec::new()),
         };
         // Written after every size, so a long benchmark that dies late still leaves its numbers.
         write(&root, &bench)?;
@@ -301,6 +427,108 @@ fn with_earlier_rows(root: &Path, mut rows: Vec<Row>) -> Vec<Row> {
         (a.waves, a.churn_share > 0.0, a.peers).cmp(&(b.waves, b.churn_share > 0.0, b.peers))
     });
     rows
+}
+
+/// What the file's head says: date, commit, command and machine.
+async fn header(
+    root: &Path,
+    docker: &testbed_docker::bollard::Docker,
+    compose: &Compose,
+) -> (String, String, String, Machine) {
+    (
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        commit(root),
+        std::env::args().collect::<Vec<_>>().join(" "),
+        machine(docker, compose).await,
+    )
+}
+
+/// The *Scenarios* table's lines for one run: one per expectation, or one saying why no step ran.
+fn scenario_rows(
+    scenario: &str,
+    peers: usize,
+    outcome: &RunOutcome,
+    commit: &str,
+    date: &str,
+) -> Vec<ScenarioRow> {
+    let base = ScenarioRow {
+        scenario: scenario.to_owned(),
+        peers,
+        commit: commit.to_owned(),
+        date: date.to_owned(),
+        run: outcome.name.clone(),
+        passed: outcome.exit_code() == 0,
+        ..ScenarioRow::default()
+    };
+    let mut lines = Vec::new();
+    if let Some(played) = &outcome.scenario {
+        for step in &played.steps {
+            if let Some(error) = &step.error {
+                lines.push(ScenarioRow {
+                    step: step.number,
+                    action: step.action.clone(),
+                    failure: Some(format!("the step failed: {error}")),
+                    ..base.clone()
+                });
+            }
+            for e in &step.expectations {
+                let (held_after_s, failure) = match &e.verdict {
+                    crate::scenario::judge::Verdict::Pass { held_after_s } => (*held_after_s, None),
+                    crate::scenario::judge::Verdict::Fail { at_s, reasons } => (
+                        None,
+                        Some(format!("at {at_s:.1} s: {}", reasons.join("; "))),
+                    ),
+                    crate::scenario::judge::Verdict::Pending => {
+                        (None, Some("never judged (the run ended first)".to_owned()))
+                    }
+                };
+                lines.push(ScenarioRow {
+                    step: step.number,
+                    action: step.action.clone(),
+                    expectation: format!("{} {}", e.property, e.hold),
+                    expectation_passed: e.passed(),
+                    held_after_s,
+                    failure,
+                    ..base.clone()
+                });
+            }
+        }
+    }
+    if lines.is_empty() {
+        let why = outcome
+            .error
+            .clone()
+            .or_else(|| {
+                (!outcome.scenario.as_ref().is_some_and(|s| s.formed))
+                    .then(|| "the network did not form, so no step ran".to_owned())
+            })
+            .unwrap_or_else(|| "no step ran".to_owned());
+        lines.push(ScenarioRow {
+            failure: Some(why),
+            ..base
+        });
+    }
+    lines
+}
+
+/// `lines`, plus the scenario lines of the BENCHMARKS.json already there for other (scenario,
+/// peers) pairs, in order of scenario, peers and step.
+fn with_earlier_scenarios(root: &Path, mut lines: Vec<ScenarioRow>) -> Vec<ScenarioRow> {
+    let earlier = std::fs::read_to_string(root.join("BENCHMARKS.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str::<Benchmarks>(&text).ok())
+        .map(|b| b.scenarios)
+        .unwrap_or_default();
+    for old in earlier {
+        if !lines
+            .iter()
+            .any(|l| l.scenario == old.scenario && l.peers == old.peers)
+        {
+            lines.push(old);
+        }
+    }
+    lines.sort_by(|a, b| (&a.scenario, a.peers, a.step).cmp(&(&b.scenario, b.peers, b.step)));
+    lines
 }
 
 pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
@@ -463,6 +691,11 @@ fn write(root: &Path, bench: &Benchmarks) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Text for a Markdown table cell: a `|` would end the cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "/")
+}
+
 fn num(v: Option<f64>, digits: usize) -> String {
     v.map_or("–".into(), |v| format!("{v:.digits$}"))
 }
@@ -576,6 +809,35 @@ fn markdown(b: &Benchmarks) -> String {
              is from the first kill until no live node's table held a dead peer (the live \
              checker, every ~2 s); *stale left* is what tables still held at the end.\n\n",
         );
+    }
+    if !b.scenarios.is_empty() {
+        out.push_str(
+            "## Scenarios\n\n`bench --scenario compose/scenarios/<name>.toml --peers N`: the \
+             scenario's timeline played on N peers (its own `peers` replaced), judged as `up \
+             --scenario` judges it. One line per expectation; *held after* is from its step until \
+             the property first held (the healing time), for `within` expectations.\n\n\
+             | scenario | peers | commit | run passed | step | action | expectation | held | held after (s) |\n\
+             |---|---:|---|:---:|---:|---|---|:---:|---:|\n",
+        );
+        for l in &b.scenarios {
+            out.push_str(&format!(
+                "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} |\n",
+                l.scenario,
+                l.peers,
+                l.commit,
+                if l.passed { "✅" } else { "❌" },
+                l.step,
+                cell(&l.action),
+                cell(&l.expectation),
+                match (&l.failure, l.expectation_passed) {
+                    (_, true) => "✅".to_owned(),
+                    (Some(why), false) => format!("❌ {}", cell(why)),
+                    (None, false) => "❌".to_owned(),
+                },
+                num(l.held_after_s, 1),
+            ));
+        }
+        out.push('\n');
     }
     let crawled: Vec<&Row> = b.rows.iter().filter(|r| r.crawl_s.is_some()).collect();
     if !crawled.is_empty() {
@@ -725,4 +987,71 @@ fn markdown(b: &Benchmarks) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bench(scenarios: Vec<ScenarioRow>) -> Benchmarks {
+        Benchmarks {
+            date: "2026-11-29T00:00:00Z".into(),
+            commit: "abc1234".into(),
+            command: "testbed bench".into(),
+            machine: Machine {
+                cpu: "cpu".into(),
+                cores: 2,
+                memory_gib: 24.0,
+                kernel: "6".into(),
+                docker: "20.10".into(),
+                compose: "v2".into(),
+            },
+            image_bytes: None,
+            settle_s: 30,
+            rows: Vec::new(),
+            scenarios,
+        }
+    }
+
+    #[test]
+    fn the_scenarios_table_shows_each_expectation_with_its_healing_time_or_why_it_failed() {
+        let held = ScenarioRow {
+            scenario: "churn".into(),
+            peers: 100,
+            step: 1,
+            action: "kill victims".into(),
+            expectation: "closest ≥ 100 % within 2m".into(),
+            expectation_passed: true,
+            held_after_s: Some(42.3),
+            ..ScenarioRow::default()
+        };
+        let failed = ScenarioRow {
+            step: 2,
+            expectation: "across a|b within 1m".into(),
+            expectation_passed: false,
+            held_after_s: None,
+            failure: Some("at 60.0 s: a | b still apart".into()),
+            ..held.clone()
+        };
+        let md = markdown(&bench(vec![held, failed]));
+        assert!(md.contains("## Scenarios"), "{md}");
+        assert!(
+            md.contains("| churn | 100 | `` | ❌ | 1 | kill victims | closest ≥ 100 % within 2m | ✅ | 42.3 |"),
+            "{md}"
+        );
+        // A reason's `|` would split the table's cell.
+        assert!(
+            md.contains("| ❌ at 60.0 s: a / b still apart | – |"),
+            "{md}"
+        );
+        assert!(!markdown(&bench(Vec::new())).contains("## Scenarios"));
+    }
+
+    #[test]
+    fn a_benchmarks_file_from_before_scenarios_still_reads() {
+        let mut old = serde_json::to_value(bench(Vec::new())).expect("serializes");
+        old.as_object_mut().expect("object").remove("scenarios");
+        let read: Benchmarks = serde_json::from_value(old).expect("reads without `scenarios`");
+        assert!(read.scenarios.is_empty());
+    }
 }

@@ -414,7 +414,7 @@ fn swarm_supports(args: &UpArgs) -> anyhow::Result<()> {
 }
 
 /// The nodes' environment a scenario asks for.
-fn scenario_env(s: &scenario::file::Scenario) -> Vec<(String, String)> {
+pub(crate) fn scenario_env(s: &scenario::file::Scenario) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = s.env.clone().into_iter().collect();
     if s.heal {
         env.push(("KAD_HEAL".into(), "true".into()));
