@@ -61,6 +61,8 @@ pub enum Peers {
     Share(f64),
     /// Peers by number (`peer_3` is 3).
     Numbers(Vec<usize>),
+    /// Every peer in none of these groups: the other side of a partition, at any size.
+    Except(Vec<String>),
 }
 
 /// When a step runs.
@@ -244,6 +246,7 @@ struct RawGroup {
     count: Option<usize>,
     share: Option<String>,
     peers: Option<Vec<usize>>,
+    except: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,8 +353,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 "is built in; pick another name".into(),
             ));
         }
-        let peers = match (g.count, &g.share, &g.peers) {
-            (Some(n), None, None) => {
+        let peers = match (g.count, &g.share, &g.peers, &g.except) {
+            (None, None, None, Some(names)) => {
+                if names.is_empty() {
+                    return Err(fail(at("except"), "names no group".into()));
+                }
+                for name in names {
+                    let other = raw.groups.get(name);
+                    if name == gname || name == "all" || other.is_some_and(|o| o.except.is_some()) {
+                        return Err(fail(
+                            at("except"),
+                            format!(
+                                "{name:?}: name another group given by `count`, `share` or \
+                                 `peers` (not itself, `all`, or an `except` group)"
+                            ),
+                        ));
+                    }
+                    if other.is_none() && name != "bootstrap" {
+                        return Err(fail(
+                            at("except"),
+                            format!(
+                                "unknown group {name:?} (declared: {})",
+                                raw.groups.keys().cloned().collect::<Vec<_>>().join(", ")
+                            ),
+                        ));
+                    }
+                }
+                Peers::Except(names.clone())
+            }
+            (Some(n), None, None, None) => {
                 if n == 0 || n > raw.peers {
                     return Err(fail(
                         at("count"),
@@ -360,7 +390,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 }
                 Peers::Count(n)
             }
-            (None, Some(s), None) => {
+            (None, Some(s), None, None) => {
                 let share =
                     testbed_check::verdict::parse_share(s).map_err(|e| fail(at("share"), e))?;
                 if share <= 0.0 {
@@ -368,7 +398,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 }
                 Peers::Share(share)
             }
-            (None, None, Some(list)) => {
+            (None, None, Some(list), None) => {
                 if list.is_empty() {
                     return Err(fail(at("peers"), "names no peer".into()));
                 }
@@ -380,12 +410,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Scenario, ScenarioError> {
                 }
                 Peers::Numbers(list.clone())
             }
-            (None, None, None) if g.bootstrap => Peers::None,
+            (None, None, None, None) if g.bootstrap => Peers::None,
             _ => {
                 return Err(fail(
                     Some(format!("group `{gname}`")),
-                    "give exactly one of `count`, `share` or `peers` (and `bootstrap = true` to \
-                     add the bootstrap node)"
+                    "give exactly one of `count`, `share`, `peers` or `except` (and `bootstrap = \
+                     true` to add the bootstrap node)"
                         .into(),
                 ));
             }
@@ -713,7 +743,19 @@ rate = "1mbit"
     /// Each mistake names the file, the step and the field.
     #[test]
     fn mistakes_name_the_file_the_step_and_the_field() {
-        let cases: [(&str, &str); 10] = [
+        let cases: [(&str, &str); 13] = [
+            (
+                "peers = 5\n[groups]\na = { except = [\"c\"] }\n[[step]]\naction = \"heal\"\n",
+                "group `a`, field `except`: unknown group \"c\" (declared: a)",
+            ),
+            (
+                "peers = 5\n[groups]\na = { except = [\"all\"] }\n[[step]]\naction = \"heal\"\n",
+                "group `a`, field `except`: \"all\": name another group",
+            ),
+            (
+                "peers = 5\n[groups]\na = { count = 2, except = [\"b\"] }\nb = { count = 1 }\n[[step]]\naction = \"heal\"\n",
+                "group `a`: give exactly one of `count`, `share`, `peers` or `except`",
+            ),
             (
                 "peers = 5\n[[step]]\naction = \"explode\"\ngroup = \"all\"\n",
                 "step 1 (explode), field `action`: unknown action \"explode\"",
@@ -757,6 +799,17 @@ rate = "1mbit"
             assert!(err.starts_with("compose/scenarios/x.toml: "), "{err}");
             assert!(err.contains(wanted), "{text}\n→ {err}\nwanted: {wanted}");
         }
+    }
+
+    #[test]
+    fn an_except_group_is_every_peer_the_named_groups_leave() {
+        let s = parsed(
+            "peers = 100\n[groups]\na = { share = \"50%\", bootstrap = true }\n\
+             b = { except = [\"a\"] }\n[[step]]\naction = \"partition\"\ngroups = [\"a\", \"b\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(s.groups["b"].peers, Peers::Except(vec!["a".into()]));
+        assert!(!s.groups["b"].bootstrap);
     }
 
     #[test]

@@ -234,9 +234,24 @@ async fn resolve(
 ) -> anyhow::Result<BTreeMap<String, Vec<String>>> {
     let (bootstrap, peers) = members(stage).await?;
     let mut out = BTreeMap::new();
-    for (name, group) in &scenario.groups {
+    // `except` groups last: they are what the others leave.
+    let (others, excepts): (Vec<_>, Vec<_>) = scenario
+        .groups
+        .iter()
+        .partition(|(_, g)| !matches!(g.peers, Peers::Except(_)));
+    for (name, group) in others.into_iter().chain(excepts) {
         let mut containers: Vec<String> = match &group.peers {
             Peers::All => continue,
+            Peers::Except(names) => peers
+                .iter()
+                .map(|(_, c)| c)
+                .filter(|c| {
+                    !names
+                        .iter()
+                        .any(|n| out.get(n).is_some_and(|g: &Vec<String>| g.contains(c)))
+                })
+                .cloned()
+                .collect(),
             Peers::None => Vec::new(),
             Peers::Count(n) => peers.iter().take(*n).map(|(_, c)| c.clone()).collect(),
             Peers::Share(share) => {
