@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use libp2p::kad::{self, store::MemoryStore};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, noise, tcp, yamux};
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{Multiaddr, PeerId, Swarm, identify};
 use testbed_events::{Event, WalkTarget};
-use util::{InProcessNode, test_args, wait_for};
+use util::{InProcessNode, loopback_swarm, test_args, wait_for};
 
 /// A Kademlia server, with or without identify.
 #[derive(NetworkBehaviour)]
@@ -26,42 +26,23 @@ struct Peer {
 
 /// A listening Kademlia server on loopback, and the address it listens at.
 async fn server(with_identify: bool) -> (Swarm<Peer>, Multiaddr) {
-    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("transport")
-        .with_behaviour(|key| {
-            let id = key.public().to_peer_id();
-            let mut kad = kad::Behaviour::new(id, MemoryStore::new(id));
-            kad.set_mode(Some(kad::Mode::Server));
-            Peer {
-                kad,
-                identify: with_identify
-                    .then(|| {
-                        identify::Behaviour::new(identify::Config::new(
-                            "/ipfs/0.1.0".into(),
-                            key.public(),
-                        ))
-                    })
-                    .into(),
-            }
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
-        .build();
-    swarm
-        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid"))
-        .expect("listen");
-    let addr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-            break address;
+    loopback_swarm(|key| {
+        let id = key.public().to_peer_id();
+        let mut kad = kad::Behaviour::new(id, MemoryStore::new(id));
+        kad.set_mode(Some(kad::Mode::Server));
+        Peer {
+            kad,
+            identify: with_identify
+                .then(|| {
+                    identify::Behaviour::new(identify::Config::new(
+                        "/ipfs/0.1.0".into(),
+                        key.public(),
+                    ))
+                })
+                .into(),
         }
-    };
-    (swarm, addr)
+    })
+    .await
 }
 
 /// Runs a swarm until the test ends.

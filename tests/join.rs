@@ -9,12 +9,12 @@ mod util;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::identify;
 use libp2p::request_response::{self, ProtocolSupport};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, identify, noise, tcp, yamux};
+use libp2p::swarm::NetworkBehaviour;
 use testbed_crawl::codec::FindNodeCodec;
 use testbed_events::{BootstrapTrigger, Event};
-use util::{InProcessNode, test_args, wait_for};
+use util::{InProcessNode, loopback_swarm, test_args, wait_for};
 
 /// A node that identifies as a Kademlia server (it lists `/ipfs/kad/1.0.0`) and fails every
 /// request on it: the crawler's codec reads no requests.
@@ -26,35 +26,18 @@ struct Mute {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_that_no_peer_answers_is_tried_again() {
-    let mut mute = libp2p::SwarmBuilder::with_new_identity()
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .expect("transport")
-        .with_behaviour(|key| Mute {
-            kad: request_response::Behaviour::with_codec(
-                FindNodeCodec,
-                [(libp2p::kad::PROTOCOL_NAME, ProtocolSupport::Full)],
-                request_response::Config::default(),
-            ),
-            identify: identify::Behaviour::new(identify::Config::new(
-                "/ipfs/0.1.0".into(),
-                key.public(),
-            )),
-        })
-        .expect("behaviour")
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(30)))
-        .build();
-    mute.listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid"))
-        .expect("listen");
-    let addr: Multiaddr = loop {
-        if let SwarmEvent::NewListenAddr { address, .. } = mute.select_next_some().await {
-            break address;
-        }
-    };
+    let (mut mute, addr) = loopback_swarm(|key| Mute {
+        kad: request_response::Behaviour::with_codec(
+            FindNodeCodec,
+            [(libp2p::kad::PROTOCOL_NAME, ProtocolSupport::Full)],
+            request_response::Config::default(),
+        ),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/ipfs/0.1.0".into(),
+            key.public(),
+        )),
+    })
+    .await;
     let swarm = tokio::spawn(async move {
         loop {
             mute.select_next_some().await;

@@ -7,7 +7,11 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use kad_node::config::Cli;
+use libp2p::identity::Keypair;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, Swarm, noise, tcp, yamux};
 use testbed_events::{Envelope, Event, SnapshotReason, parse_line};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -188,4 +192,32 @@ impl Drop for InProcessNode {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A bare libp2p peer for a test to play a part (a silent bootstrap node, a peer without
+/// Identify): TCP, Noise and Yamux, listening on loopback. Returns it with its address.
+pub async fn loopback_swarm<B: NetworkBehaviour>(
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> (Swarm<B>, Multiaddr) {
+    let mut swarm = libp2p::SwarmBuilder::with_new_identity()
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default(),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .expect("transport")
+        .with_behaviour(behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("valid"))
+        .expect("listen");
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    (swarm, addr)
 }
