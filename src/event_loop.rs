@@ -11,7 +11,7 @@
 //! * `maintenance.rs`: the join (Kademlia bootstrap: self lookup, bucket refreshes), the settling
 //!   self lookup, walks, and cancelling libp2p-kad's own bootstraps.
 //! * `admission.rs`: who may enter a k-bucket — the node's most unusual rule, as a pure function
-//!   with its unit tests.
+//!   with its unit tests — and looking up a close peer that came without an address.
 //! * `liveness.rs`: healing — watching the k closest, removing dead entries, replacing a lost
 //!   closest peer.
 //! * `snapshots.rs`: routing-table snapshots and the health file.
