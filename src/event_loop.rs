@@ -422,6 +422,10 @@ impl<W: Write> EventLoop<W> {
                     _ => Vec::new(),
                 };
                 let added = self.admit(peer_id, dialable);
+                if kad && added.is_empty() {
+                    // Turned away (or no dialable address): it may belong once dead entries go.
+                    self.find_addresses_later(peer_id, Instant::now());
+                }
                 let digest = {
                     let mut listen = to_strings(&info.listen_addrs);
                     listen.sort_unstable();

@@ -27,7 +27,7 @@ use super::maintenance::Query;
 /// the load they added: ≥ 90 % of nodes complete at 150 s instead of 44 s).
 pub(super) const PEER_LOOKUP_DELAY: Duration = Duration::from_secs(10);
 
-/// A lookup that did not bring the peer in is tried again this long later, doubling, at most
+/// A peer still missing is checked (and, if close, looked up) again this long later, doubling,
 /// [`PEER_LOOKUPS`] times in all. Measured at N = 300 (load average 370): a lookup took 50–60 s
 /// and could time out without reaching the peer, and with a single try 2 pairs were still
 /// missing 15 minutes later, the peer's connection open and never identified all that time.
@@ -63,9 +63,13 @@ impl<W: Write> EventLoop<W> {
         addrs
     }
 
-    /// `peer` spoke Kademlia to this node (or its identify failed) and is not in the table, for
-    /// want of an address. If it would be among the k closest, it is looked up
-    /// [`PEER_LOOKUP_DELAY`] later, unless identify brought it in meanwhile.
+    /// `peer` spoke Kademlia to this node, or its identify failed, or it was turned away, and
+    /// it is not in the table. It is checked [`PEER_LOOKUP_DELAY`] later, then after
+    /// [`PEER_LOOKUP_RETRY`] and twice that: each time, if it is still missing and would be
+    /// among the k closest, it is looked up. Checking again, and not only when it showed up,
+    /// matters after churn: dead entries that count as closer turn a peer away until the node
+    /// removes them (a 40-node churn test once ended with one node lacking a peer it had
+    /// identified and refused that way).
     ///
     /// Measured at N = 300 in containers before this: 60 s after the last node started, 25
     /// (node, closest peer) pairs were missing, and in 15 of them the peer had connected to the
@@ -73,7 +77,7 @@ impl<W: Write> EventLoop<W> {
     /// later event gave the node an address, so the pair stayed missing until a walk happened
     /// to return it.
     pub(super) fn find_addresses_later(&mut self, peer: PeerId, now: Instant) {
-        if self.peer_lookups.due.contains_key(&peer) || !self.would_be_among_k_closest(&peer) {
+        if self.peer_lookups.due.contains_key(&peer) || self.in_table(&peer) {
             return;
         }
         self.peer_lookups
@@ -81,28 +85,32 @@ impl<W: Write> EventLoop<W> {
             .insert(peer, (now + PEER_LOOKUP_DELAY, 0));
     }
 
-    /// Looks up each close peer that is due and still missing: the peers nearest to its key
-    /// hold its listen addresses and answer with them, and the lookup's result goes through
-    /// [`EventLoop::admit`] like any other. A peer that is in the table by then is dropped.
+    /// Looks up each due peer that is still missing and would be among the k closest: the
+    /// peers nearest to its key hold its listen addresses and answer with them, and the
+    /// lookup's result goes through [`EventLoop::admit`] like any other. A peer in the table by
+    /// then is dropped.
     pub(super) fn find_addresses_due(&mut self, now: Instant) {
         let due: Vec<(PeerId, u32)> = self
             .peer_lookups
             .due
             .iter()
             .filter(|(_, (at, _))| *at <= now)
-            .map(|(p, (_, done))| (*p, *done))
+            .map(|(p, (_, checks))| (*p, *checks))
             .collect();
-        for (peer, done) in due {
+        for (peer, checks) in due {
             self.peer_lookups.due.remove(&peer);
+            if self.in_table(&peer) {
+                continue;
+            }
+            if checks + 1 < PEER_LOOKUPS {
+                let again = now + PEER_LOOKUP_RETRY * 2u32.pow(checks);
+                self.peer_lookups.due.insert(peer, (again, checks + 1));
+            }
             if !self.would_be_among_k_closest(&peer) {
                 continue;
             }
-            if done + 1 < PEER_LOOKUPS {
-                let retry = now + PEER_LOOKUP_RETRY * 2u32.pow(done);
-                self.peer_lookups.due.insert(peer, (retry, done + 1));
-            }
             let id = self.swarm.behaviour_mut().kad.get_closest_peers(peer);
-            tracing::debug!(%peer, lookup = done + 1, "looking up the addresses of a close peer");
+            tracing::debug!(%peer, check = checks + 1, "looking up the addresses of a close peer");
             self.queries.insert(
                 id,
                 Query::Walk {

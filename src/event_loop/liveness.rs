@@ -394,7 +394,8 @@ impl<W: Write> EventLoop<W> {
         }
     }
 
-    fn in_table(&mut self, peer: &PeerId) -> bool {
+    /// Whether `peer` is in the routing table.
+    pub(super) fn in_table(&mut self, peer: &PeerId) -> bool {
         self.swarm
             .behaviour_mut()
             .kad
