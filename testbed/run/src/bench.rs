@@ -314,6 +314,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     &commit,
                     &date,
                 ));
+                let (rows, scenarios) = with_earlier(&root, Vec::new(), lines.clone());
                 let bench = Benchmarks {
                     date,
                     commit,
@@ -321,8 +322,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     machine,
                     image_bytes,
                     settle_s: args.settle.as_secs(),
-                    rows: with_earlier_rows(&root, Vec::new()),
-                    scenarios: with_earlier_scenarios(&root, lines.clone()),
+                    rows,
+                    scenarios,
                 };
                 write(&root, &bench)?;
             }
@@ -391,6 +392,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         };
         rows.push(row);
         let (date, commit, command, machine) = header(&root, &docker, &compose).await;
+        let (measured, scenarios) = with_earlier(&root, rows.clone(), Vec::new());
         let bench = Benchmarks {
             date,
             commit,
@@ -398,8 +400,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             machine,
             image_bytes,
             settle_s: args.settle.as_secs(),
-            rows: with_earlier_rows(&root, rows.clone()),
-            scenarios: with_earlier_scenarios(&root, Vec::new()),
+            rows: measured,
+            scenarios,
         };
         // Written after every size, so a long benchmark that dies late still leaves its numbers.
         write(&root, &bench)?;
@@ -408,25 +410,45 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
     Ok(if all_passed { 0 } else { 1 })
 }
 
-/// `rows`, plus the rows of the BENCHMARKS.json already there for other (peers, waves) pairs, in
-/// order of waves then peers.
-fn with_earlier_rows(root: &Path, mut rows: Vec<Row>) -> Vec<Row> {
-    let earlier = std::fs::read_to_string(root.join("BENCHMARKS.json"))
+/// The rows and scenario lines of the BENCHMARKS.json already there: none if there is no file
+/// or it does not parse (it is then rewritten from this command's numbers alone).
+fn earlier(root: &Path) -> (Vec<Row>, Vec<ScenarioRow>) {
+    std::fs::read_to_string(root.join("BENCHMARKS.json"))
         .ok()
         .and_then(|text| serde_json::from_str::<Benchmarks>(&text).ok())
-        .map(|b| b.rows)
-        .unwrap_or_default();
-    for old in earlier {
-        if !rows.iter().any(|r| {
-            r.peers == old.peers && r.waves == old.waves && r.churn_share == old.churn_share
-        }) {
-            rows.push(old);
-        }
-    }
+        .map(|b| (b.rows, b.scenarios))
+        .unwrap_or_default()
+}
+
+/// `new`, plus each `earlier` entry whose key no `new` entry has: a benchmark command replaces
+/// the rows of what it measured and keeps the rest. The keys are taken from `new` alone, so
+/// that several earlier entries with one key (a scenario's expectations) all stay.
+fn merge<T, K: PartialEq>(mut new: Vec<T>, earlier: Vec<T>, key: impl Fn(&T) -> K) -> Vec<T> {
+    let measured: Vec<K> = new.iter().map(&key).collect();
+    new.extend(
+        earlier
+            .into_iter()
+            .filter(|old| !measured.contains(&key(old))),
+    );
+    new
+}
+
+/// `rows` and `lines`, plus the earlier ones for other (peers, waves, churn) and other (scenario,
+/// peers); rows in order of waves, churn then peers, lines in order of scenario, peers and step.
+fn with_earlier(
+    root: &Path,
+    rows: Vec<Row>,
+    lines: Vec<ScenarioRow>,
+) -> (Vec<Row>, Vec<ScenarioRow>) {
+    let (old_rows, old_lines) = earlier(root);
+    let mut rows = merge(rows, old_rows, |r| (r.peers, r.waves, r.churn_share));
     rows.sort_by(|a, b| {
         (a.waves, a.churn_share > 0.0, a.peers).cmp(&(b.waves, b.churn_share > 0.0, b.peers))
     });
-    rows
+    let mut lines = merge(lines, old_lines, |l| (l.scenario.clone(), l.peers));
+    // Stable: a step's expectations keep their order.
+    lines.sort_by(|a, b| (&a.scenario, a.peers, a.step).cmp(&(&b.scenario, b.peers, b.step)));
+    (rows, lines)
 }
 
 /// What the file's head says: date, commit, command and machine.
@@ -508,26 +530,6 @@ fn scenario_rows(
             ..base
         });
     }
-    lines
-}
-
-/// `lines`, plus the scenario lines of the BENCHMARKS.json already there for other (scenario,
-/// peers) pairs, in order of scenario, peers and step.
-fn with_earlier_scenarios(root: &Path, mut lines: Vec<ScenarioRow>) -> Vec<ScenarioRow> {
-    let earlier = std::fs::read_to_string(root.join("BENCHMARKS.json"))
-        .ok()
-        .and_then(|text| serde_json::from_str::<Benchmarks>(&text).ok())
-        .map(|b| b.scenarios)
-        .unwrap_or_default();
-    for old in earlier {
-        if !lines
-            .iter()
-            .any(|l| l.scenario == old.scenario && l.peers == old.peers)
-        {
-            lines.push(old);
-        }
-    }
-    lines.sort_by(|a, b| (&a.scenario, a.peers, a.step).cmp(&(&b.scenario, b.peers, b.step)));
     lines
 }
 
@@ -1053,5 +1055,38 @@ mod tests {
         old.as_object_mut().expect("object").remove("scenarios");
         let read: Benchmarks = serde_json::from_value(old).expect("reads without `scenarios`");
         assert!(read.scenarios.is_empty());
+    }
+
+    #[test]
+    fn a_new_scenario_run_keeps_every_line_of_the_other_runs() {
+        let line = |scenario: &str, peers, step, expectation: &str| ScenarioRow {
+            scenario: scenario.into(),
+            peers,
+            step,
+            expectation: expectation.into(),
+            ..ScenarioRow::default()
+        };
+        let earlier = vec![
+            line("lossy", 100, 1, "seen"),
+            line("lossy", 100, 1, "closest"),
+            line("lossy", 100, 2, "seen"),
+            line("churn", 100, 1, "old"),
+        ];
+        let new = vec![line("churn", 100, 1, "new")];
+        let merged = merge(new, earlier, |l| (l.scenario.clone(), l.peers));
+        let kept: Vec<(&str, usize, &str)> = merged
+            .iter()
+            .map(|l| (l.scenario.as_str(), l.step, l.expectation.as_str()))
+            .collect();
+        assert_eq!(
+            kept,
+            [
+                ("churn", 1, "new"),
+                ("lossy", 1, "seen"),
+                ("lossy", 1, "closest"),
+                ("lossy", 2, "seen"),
+            ],
+            "the churn run replaces churn's lines and keeps all of lossy's"
+        );
     }
 }
