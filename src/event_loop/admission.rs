@@ -125,19 +125,9 @@ impl<W: Write> EventLoop<W> {
     fn would_be_among_k_closest(&mut self, peer: &PeerId) -> bool {
         let local = KBucketKey::from(*self.swarm.local_peer_id());
         let distance = local.distance(&KBucketKey::from(*peer));
-        let kad = &mut self.swarm.behaviour_mut().kad;
-        let mut closer = 0;
-        for bucket in kad.kbuckets() {
-            for entry in bucket.iter() {
-                if entry.node.key.preimage() == peer {
-                    return false; // in the table already
-                }
-                if local.distance(entry.node.key) < distance {
-                    closer += 1;
-                }
-            }
-        }
-        *peer != *self.swarm.local_peer_id() && closer < kad::K_VALUE.get()
+        *peer != *self.swarm.local_peer_id()
+            && closer_in_table(&mut self.swarm.behaviour_mut().kad, &local, distance)
+                < kad::K_VALUE.get()
     }
 
     /// Whether `peer` may enter the routing table: it is there already, or its bucket has a free
@@ -159,17 +149,9 @@ impl<W: Write> EventLoop<W> {
             .iter()
             .map(|e| (*e.node.key.preimage(), local.distance(e.node.key)))
             .collect();
-        let closer = || {
-            kad.kbuckets()
-                .flat_map(|b| {
-                    b.iter()
-                        .map(|e| local.distance(e.node.key))
-                        .collect::<Vec<_>>()
-                })
-                .filter(|d| *d < distance)
-                .count()
-        };
-        match decide(k, *peer, distance, &entries, closer) {
+        match decide(k, *peer, distance, &entries, || {
+            closer_in_table(kad, &local, distance)
+        }) {
             Admission::Admit => true,
             Admission::Refuse => false,
             Admission::Replace(farthest) => {
@@ -179,6 +161,21 @@ impl<W: Write> EventLoop<W> {
             }
         }
     }
+}
+
+/// How many peers of the table lie closer to the node (`local`) than `distance`.
+fn closer_in_table(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    local: &KBucketKey<PeerId>,
+    distance: kad::KBucketDistance,
+) -> usize {
+    kad.kbuckets()
+        .map(|b| {
+            b.iter()
+                .filter(|e| local.distance(e.node.key) < distance)
+                .count()
+        })
+        .sum()
 }
 
 /// What [`decide`] says about a peer that wants into a k-bucket.

@@ -17,12 +17,18 @@
 //!    to a table peer (this probe, or any dial a lookup makes) that shows the peer gone removes
 //!    it from the table (`peer_removed`): refused, unreachable, or another peer at its address
 //!    ([`dial_verdict`]). A dial that timed out removes nothing, since an overloaded host times
-//!    dials out: the peer is dialed again [`SUSPECT_RECHECK`] later (three times at most, each
-//!    wait longer), and a dead peer's address then answers "no route to host" once the host's
+//!    dials out: the peer is dialed again [`SUSPECT_RECHECK`] later (three times, each wait
+//!    longer), and a dead peer's address then answers "no route to host" once the host's
 //!    neighbour entry for it expired. Measured at N = 300 while 300 nodes joined: removing on the
 //!    first timeout took even the bootstrap node out of joiners' tables (82 nodes were left with
 //!    empty tables); removing on a second one 30 s later had the bootstrap node take 61 live
-//!    newcomers out of its table, the only one that held them yet. The exception is a watched
+//!    newcomers out of its table, the only one that held them yet. Only the fourth timeout in a
+//!    row, more than a minute (60–90 s of waits, plus the dials' own 10 s) after the first,
+//!    removes the peer, and rule 5 dials it now and then, so a live peer removed by an
+//!    overloaded host comes back ([`after_timeout`]). Before that fourth timeout removed
+//!    anything, 1500 entries still pointed at dead peers 3.5 minutes after 30 % of 300 peers
+//!    were killed: a peer whose dials had all timed out stayed until its bucket needed the
+//!    room. The exception is a watched
 //!    peer whose kept connection broke: a connection that was up and pinged closed, and the
 //!    peer's address no longer answers. That is two pieces of evidence, and it is what a killed
 //!    container looks like (its process closes the socket, then its address vanishes), so it is
@@ -41,7 +47,7 @@
 //!    that a network's nodes do not sweep at once), the node dials every table peer it is not
 //!    connected to, and rule 2 removes the dead.
 //!
-//! 5. **Look again when an unanswering peer is back.** A watched peer removed because it stopped
+//! 5. **Look again when an unanswering peer is back.** A peer removed because it stopped
 //!    answering may be cut off rather than dead, so it is dialed again at its last addresses
 //!    ([`LOST_RECHECK`], doubling, [`LOST_PROBES`] times). A peer removed that way, or one whose
 //!    dial timed out (rule 2), that is reached again is evidence that a cut healed: the node
@@ -89,11 +95,14 @@ pub(super) const RELOOKUP_DELAY: Duration = Duration::from_secs(2);
 pub(super) const SWEEP_DELAY: (Duration, Duration) =
     (Duration::from_secs(5), Duration::from_secs(30));
 
-/// A peer whose dial timed out is dialed again this long after (then twice, three times as long;
-/// jittered).
-pub(super) const SUSPECT_RECHECK: Duration = Duration::from_secs(20);
+/// A peer whose dial timed out is dialed again this long after (then twice, three times as
+/// long; jittered).
+/// A killed container's address blackholes dials only while the host's neighbour entry for it
+/// lives (up to ~50 s: reachable for 15–45 s, then 5 s delay and 3 probes); a dial after that
+/// is refused at once ("no route to host"), so the first recheck settles most.
+pub(super) const SUSPECT_RECHECK: Duration = Duration::from_secs(10);
 
-/// Dials again after timeouts, at most.
+/// Dials again after timeouts, at most; the next timeout removes the peer (rule 2).
 const SUSPECT_PROBES: u32 = 3;
 
 /// A peer removed for not answering is dialed again this long after, then after twice, four
@@ -312,7 +321,6 @@ impl<W: Write> EventLoop<W> {
         let now = Instant::now();
         let broken = self.liveness.broken.contains(&peer);
         let verdict = dial_verdict(error);
-        let broken_no_answer = verdict == DialVerdict::NoAnswer;
         match verdict {
             DialVerdict::Reached => return,
             // Its kept connection broke and now nothing answers: both ends of the evidence.
@@ -320,12 +328,13 @@ impl<W: Write> EventLoop<W> {
             DialVerdict::NoAnswer => {
                 let timeouts = self.liveness.suspects.entry(peer).or_insert(0);
                 *timeouts += 1;
-                if *timeouts <= SUSPECT_PROBES {
-                    let wait = SUSPECT_RECHECK * *timeouts;
-                    let wait = wait.mul_f64(rand::thread_rng().gen_range(1.0..1.5));
+                let jitter = rand::thread_rng().gen_range(1.0..1.5);
+                if let AfterTimeout::Recheck(wait) = after_timeout(*timeouts, jitter) {
                     self.liveness.probes.push((now + wait, peer));
+                    return;
                 }
-                return;
+                // Unanswered over more than a minute: out, and dialed now and then in case it
+                // was only cut off (rule 5).
             }
             DialVerdict::Gone => {}
         }
@@ -334,7 +343,8 @@ impl<W: Write> EventLoop<W> {
             return;
         }
         self.liveness.suspects.remove(&peer);
-        let unanswered = self.liveness.broken.remove(&peer) && broken_no_answer;
+        self.liveness.broken.remove(&peer);
+        let unanswered = verdict == DialVerdict::NoAnswer;
         let closest = self.closest_in_table().contains(&peer);
         let removed = self.swarm.behaviour_mut().kad.remove_peer(&peer);
         if let Some(entry) = removed.filter(|_| unanswered) {
@@ -401,6 +411,26 @@ impl<W: Write> EventLoop<W> {
             .kad
             .kbucket(*peer)
             .is_some_and(|b| b.iter().any(|e| e.node.key.preimage() == peer))
+    }
+}
+
+/// What the `timeouts`-th dial timeout in a row to a table peer leads to (rule 2).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum AfterTimeout {
+    /// Dial it again this long after.
+    Recheck(Duration),
+    /// Take it out of the table.
+    Remove,
+}
+
+/// The recheck schedule of rule 2: [`SUSPECT_RECHECK`] times the count, stretched by `jitter`
+/// (1.0 to 1.5, so that a network's nodes do not dial in step), [`SUSPECT_PROBES`] times; the
+/// timeout after that removes.
+pub(super) fn after_timeout(timeouts: u32, jitter: f64) -> AfterTimeout {
+    if timeouts <= SUSPECT_PROBES {
+        AfterTimeout::Recheck((SUSPECT_RECHECK * timeouts).mul_f64(jitter))
+    } else {
+        AfterTimeout::Remove
     }
 }
 
@@ -492,6 +522,34 @@ mod tests {
         let refused = transport(std::io::Error::other(refused));
         assert_eq!(dial_verdict(&refused), DialVerdict::Gone);
         assert_eq!(dial_verdict(&DialError::NoAddresses), DialVerdict::Gone);
+    }
+
+    /// An overloaded host times dials to live peers out, so one timeout, or a few within
+    /// seconds, must not remove; a killed peer's entry must still be gone well within 2 minutes
+    /// of its first timeout.
+    #[test]
+    fn only_the_fourth_timeout_in_a_row_removes_and_it_comes_within_two_minutes() {
+        for jitter in [1.0, 1.25, 1.5] {
+            let waits: Vec<Duration> = (1..=SUSPECT_PROBES)
+                .map(|n| match after_timeout(n, jitter) {
+                    AfterTimeout::Recheck(wait) => wait,
+                    AfterTimeout::Remove => panic!("timeout {n} removed (jitter {jitter})"),
+                })
+                .collect();
+            assert!(waits.windows(2).all(|w| w[0] < w[1]), "{waits:?}");
+            assert_eq!(
+                after_timeout(SUSPECT_PROBES + 1, jitter),
+                AfterTimeout::Remove
+            );
+            // From the first timeout: the waits, and the three rechecks, each of which may take
+            // libp2p's 10 s connection timeout.
+            let span: Duration = waits.iter().sum::<Duration>() + Duration::from_secs(30);
+            assert!(
+                span >= Duration::from_secs(60),
+                "removed after only {span:?}"
+            );
+            assert!(span <= Duration::from_secs(120), "stale for {span:?}");
+        }
     }
 
     #[test]
