@@ -124,6 +124,9 @@ pub struct Row {
     pub stale_cleared_s: Option<f64>,
     /// Stale entries left at the end of the window.
     pub stale_left: Option<usize>,
+    /// The oldest any stale entry got: from its peer's kill to a snapshot that still held it
+    /// (live checker samples).
+    pub stale_oldest_s: Option<f64>,
     /// `--crawl`: one crawl of every node from the host after the idle sample.
     pub crawl_nodes: Option<usize>,
     pub crawl_failed: Option<usize>,
@@ -166,6 +169,7 @@ impl Default for Row {
             healed_s: None,
             stale_cleared_s: None,
             stale_left: None,
+            stale_oldest_s: None,
             crawl_nodes: None,
             crawl_failed: None,
             crawl_requests_per_node: None,
@@ -619,6 +623,7 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
         }),
         stale_cleared_s: outcome.churn.as_ref().and_then(|c| c.stale_cleared_s),
         stale_left: outcome.churn.as_ref().map(|c| c.stale_left),
+        stale_oldest_s: outcome.churn.as_ref().and_then(|c| c.stale_oldest_s),
         crawl_nodes: outcome.crawl.map(|c| c.nodes),
         crawl_failed: outcome.crawl.map(|c| c.failed),
         crawl_requests_per_node: outcome
@@ -786,11 +791,11 @@ fn markdown(b: &Benchmarks) -> String {
              network is watched for `--heal-window` after the last kill.\n\n",
         );
         out.push_str(
-            "| peers | killed | commit | pass | k-closest 100 % again (s) | no stale entry (s) | stale left | dials / node median | idle CPU median | load |\n|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|\n",
+            "| peers | killed | commit | pass | k-closest 100 % again (s) | no stale entry (s) | oldest stale entry (s) | stale left | dials / node median | idle CPU median | load |\n|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &churned {
             out.push_str(&format!(
-                "| {} | {} ({:.0} %) | `{}` | {} | {} | {} | {} | {} | {} % | {} |\n",
+                "| {} | {} ({:.0} %) | `{}` | {} | {} | {} | {} | {} | {} | {} % | {} |\n",
                 r.peers,
                 r.killed,
                 r.churn_share * 100.0,
@@ -798,6 +803,7 @@ fn markdown(b: &Benchmarks) -> String {
                 if r.passed { "✅" } else { "❌" },
                 num(r.healed_s, 1),
                 num(r.stale_cleared_s, 1),
+                num(r.stale_oldest_s, 1),
                 r.stale_left.map_or("–".into(), |n| n.to_string()),
                 num(r.dials_median, 0),
                 num(r.cpu_idle_median_pct, 2),
@@ -809,7 +815,10 @@ fn markdown(b: &Benchmarks) -> String {
              all of its 20 closest live peers, replayed from the saved logs (the killed count as \
              departed from the moment they were killed, recorded in run.json); *no stale entry* \
              is from the first kill until no live node's table held a dead peer (the live \
-             checker, every ~2 s); *stale left* is what tables still held at the end.\n\n",
+             checker, every ~2 s; it includes the time the kills take, two minutes for 90 \
+             containers); *oldest stale entry* is the longest any entry pointed at a dead peer, \
+             from that peer's kill to a snapshot that still held it (– in rows before it was \
+             measured); *stale left* is what tables still held at the end.\n\n",
         );
     }
     if !b.scenarios.is_empty() {
@@ -878,10 +887,17 @@ fn markdown(b: &Benchmarks) -> String {
     let healed = |r: Option<&Row>| {
         (
             r.map(|r| {
+                // "No stale entry older than 2 min": the oldest entry's age where it was
+                // measured, else the time until none was left.
+                let stale = r.stale_oldest_s.or(r.stale_cleared_s);
                 r.healed_s.is_some_and(|s| s <= 60.0)
-                    && r.stale_cleared_s.is_some_and(|s| s <= 120.0)
+                    && r.stale_left == Some(0)
+                    && stale.is_some_and(|s| s <= 120.0)
             }),
-            r.map(|r| format!("{} s / {} s", num(r.healed_s, 1), num(r.stale_cleared_s, 1))),
+            r.map(|r| {
+                let stale = r.stale_oldest_s.or(r.stale_cleared_s);
+                format!("{} s / {} s", num(r.healed_s, 1), num(stale, 1))
+            }),
         )
     };
     let (ok50c, at50c) = healed(churn(50));

@@ -130,6 +130,10 @@ pub struct ChurnOutcome {
     /// Stale entries left at the end of the window, and the longest any had lingered.
     pub stale_left: usize,
     pub stale_lingered_s: Option<f64>,
+    /// The age of the oldest stale entry at any sample: from its peer's kill to the snapshot
+    /// that still held it. Unlike `stale_cleared_s`, it does not grow with the time the kills
+    /// themselves take (two minutes for 90 containers here).
+    pub stale_oldest_s: Option<f64>,
 }
 
 /// Peers started in `count` waves, `gap` apart (1: all at once).
@@ -727,6 +731,9 @@ async fn churn_and_watch(
         }
         outcome.stale_left = r.stale.entries;
         outcome.stale_lingered_s = r.stale.lingered_ms.map(|ms| ms as f64 / 1000.0);
+        if let Some(age) = outcome.stale_lingered_s {
+            outcome.stale_oldest_s = Some(outcome.stale_oldest_s.map_or(age, |o| o.max(age)));
+        }
         last = Some(r);
     }
     let last = last.context("churn: the checker could not read the logs after the kills")?;
