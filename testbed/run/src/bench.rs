@@ -885,20 +885,19 @@ fn markdown(b: &Benchmarks) -> String {
     };
     let churn = |n: usize| churned.iter().find(|r| r.peers == n).copied();
     let healed = |r: Option<&Row>| {
-        (
-            r.map(|r| {
-                // "No stale entry older than 2 min": the oldest entry's age where it was
-                // measured, else the time until none was left.
-                let stale = r.stale_oldest_s.or(r.stale_cleared_s);
-                r.healed_s.is_some_and(|s| s <= 60.0)
-                    && r.stale_left == Some(0)
-                    && stale.is_some_and(|s| s <= 120.0)
-            }),
-            r.map(|r| {
-                let stale = r.stale_oldest_s.or(r.stale_cleared_s);
-                format!("{} s / {} s", num(r.healed_s, 1), num(stale, 1))
-            }),
-        )
+        r.map(|r| {
+            // "No stale entry older than 2 min": the oldest entry's age where it was
+            // measured, else the time until none was left.
+            let stale = r.stale_oldest_s.or(r.stale_cleared_s);
+            let ok = r.healed_s.is_some_and(|s| s <= 60.0)
+                && r.stale_left == Some(0)
+                && stale.is_some_and(|s| s <= 120.0);
+            (
+                ok,
+                format!("{} s / {} s", num(r.healed_s, 1), num(stale, 1)),
+            )
+        })
+        .unzip()
     };
     let (ok50c, at50c) = healed(churn(50));
     let (ok300c, at300c) = healed(churn(300));
