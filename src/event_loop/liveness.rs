@@ -152,6 +152,19 @@ pub(super) struct Liveness {
 }
 
 impl Liveness {
+    /// Whether `peer` is suspected dead: a dial to it timed out, or its watched connection
+    /// broke, and nothing has reached it since. Such an entry makes room for a closer peer that
+    /// answers (`admission.rs`).
+    pub(super) fn is_suspect(&self, peer: &PeerId) -> bool {
+        self.suspects.contains_key(peer) || self.broken.contains(peer)
+    }
+
+    /// `peer` left the table some other way than by [`EventLoop::on_dial_failure`].
+    pub(super) fn forget(&mut self, peer: &PeerId) {
+        self.suspects.remove(peer);
+        self.broken.remove(peer);
+    }
+
     pub(super) fn deadlines(&self) -> impl Iterator<Item = Instant> {
         [self.watch_at, self.relookup_at, self.sweep_at]
             .into_iter()
