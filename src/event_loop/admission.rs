@@ -126,15 +126,10 @@ impl<W: Write> EventLoop<W> {
     fn would_be_among_k_closest(&mut self, peer: &PeerId) -> bool {
         let local = KBucketKey::from(*self.swarm.local_peer_id());
         let distance = local.distance(&KBucketKey::from(*peer));
-        let suspect = |p: &PeerId| self.liveness.is_suspect(p);
-        *peer != *self.swarm.local_peer_id()
-            && closer_in_table(
-                &mut self.swarm.behaviour_mut().kad,
-                &local,
-                distance,
-                suspect,
-            )
-            .answering
+        let liveness = &self.liveness;
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        *peer != local.into_preimage()
+            && closer_in_table(kad, &local, distance, |p| liveness.is_suspect(p))
                 < kad::K_VALUE.get()
     }
 
@@ -177,35 +172,24 @@ impl<W: Write> EventLoop<W> {
     }
 }
 
-/// How many peers of the table lie closer to the node than a candidate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Closer {
-    pub(super) all: usize,
-    /// Leaving out those suspected dead (their dials timed out, or their watched connection
-    /// broke, and nothing reached them since).
-    pub(super) answering: usize,
-}
-
-/// How many peers of the table lie closer to the node (`local`) than `distance`.
+/// How many peers of the table lie closer to the node (`local`) than `distance`, leaving out
+/// those suspected dead (`suspect`: their dials timed out, or their watched connection broke,
+/// and nothing reached them since).
 fn closer_in_table(
     kad: &mut kad::Behaviour<kad::store::MemoryStore>,
     local: &KBucketKey<PeerId>,
     distance: kad::KBucketDistance,
     suspect: impl Fn(&PeerId) -> bool,
-) -> Closer {
-    let mut closer = Closer {
-        all: 0,
-        answering: 0,
-    };
-    for bucket in kad.kbuckets() {
-        for e in bucket.iter() {
-            if local.distance(e.node.key) < distance {
-                closer.all += 1;
-                closer.answering += usize::from(!suspect(e.node.key.preimage()));
-            }
-        }
-    }
-    closer
+) -> usize {
+    kad.kbuckets()
+        .map(|b| {
+            b.iter()
+                .filter(|e| {
+                    local.distance(e.node.key) < distance && !suspect(e.node.key.preimage())
+                })
+                .count()
+        })
+        .sum()
 }
 
 /// A bucket entry as [`decide`] sees it: the peer, its distance, and whether it is suspected
@@ -224,45 +208,46 @@ pub(super) enum Admission<P> {
 
 /// The admission rule, on distances alone. `peer` at `distance` wants into a bucket that holds
 /// `bucket` (each entry with its distance, and whether it is suspected dead); `closer` counts
-/// the peers of the whole table that are closer than `peer` (asked only when it matters).
+/// the peers of the whole table that are closer than `peer` and not suspected dead (asked only
+/// when it matters).
 ///
-/// Classic Kademlia keeps old contacts: a full bucket turns newcomers away. The exceptions, for
-/// a peer that would be among this node's `k` closest:
-/// - its full bucket holds an entry suspected dead, and `peer` would be among the `k` closest
-///   of the peers that answer: it replaces that entry (the farthest such). This is Kademlia's own
-///   rule, an unresponsive contact gives way to a new one, kept to the k closest. Counting
-///   suspects as closer turned live closest peers away after churn until the dead were removed,
-///   up to a minute later: measured at N = 50 with 15 peers killed, every node still lacking one
-///   of its closest 40–70 s after the kills had it waiting behind 5 dead entries of its full far
-///   bucket (15–18 answering peers closer, 20–26 counting the dead).
-/// - its full bucket holds someone farther: it replaces that farthest entry, which is then at
-///   best the (k+1)-th closest, since the whole bucket and everything closer lies nearer than it.
+/// Classic Kademlia keeps old contacts: a full bucket turns newcomers away. The exception is a
+/// peer that would be among this node's `k` closest peers that answer. It replaces
+/// - an entry of its bucket suspected dead (the farthest such): Kademlia's own rule, an
+///   unresponsive contact gives way to a new one, here kept to the k closest;
+/// - else the bucket's farthest entry, if that lies farther than `peer`. That entry is then at
+///   best the (k+1)-th closest answering peer: the bucket's other k − 1 entries and `peer` lie
+///   nearer, and all of them answer.
+///
+/// Suspects do not count as closer. Counting them turned live closest peers away after churn
+/// until the dead were removed, up to a minute later: measured at N = 50 with 15 peers killed,
+/// every node still lacking one of its closest 40–70 s after the kills had it waiting in its full
+/// far bucket, with 15–18 answering peers closer but 20–26 counting the dead.
 pub(super) fn decide<P: Copy + PartialEq, D: Ord + Copy>(
     k: usize,
     peer: P,
     distance: D,
     bucket: &[Candidate<P, D>],
-    closer: impl FnOnce() -> Closer,
+    closer: impl FnOnce() -> usize,
 ) -> Admission<P> {
     if bucket.len() < k || bucket.iter().any(|(p, _, _)| *p == peer) {
         return Admission::Admit;
     }
-    let Some(&(farthest, farthest_distance, _)) = bucket.iter().max_by_key(|(_, d, _)| *d) else {
-        return Admission::Refuse;
+    let farthest = |suspects_only: bool| {
+        bucket
+            .iter()
+            .filter(|(_, _, suspect)| *suspect || !suspects_only)
+            .max_by_key(|(_, d, _)| *d)
     };
-    let suspect = bucket
-        .iter()
-        .filter(|(_, _, suspect)| *suspect)
-        .max_by_key(|(_, d, _)| *d);
-    if suspect.is_none() && distance >= farthest_distance {
+    let room = match (farthest(true), farthest(false)) {
+        (Some(&(suspect, _, _)), _) => suspect,
+        (None, Some(&(entry, d, _))) if distance < d => entry,
+        _ => return Admission::Refuse,
+    };
+    if closer() >= k {
         return Admission::Refuse;
     }
-    let closer = closer();
-    match suspect {
-        Some(&(suspect, _, _)) if closer.answering < k => Admission::Replace(suspect),
-        _ if distance < farthest_distance && closer.all < k => Admission::Replace(farthest),
-        _ => Admission::Refuse,
-    }
+    Admission::Replace(room)
 }
 
 #[cfg(test)]
@@ -274,30 +259,22 @@ mod tests {
         (1..=k as u32).map(|i| (i, i * 10, false)).collect()
     }
 
-    /// `n` peers closer, none of them suspected.
-    fn closer(n: usize) -> Closer {
-        Closer {
-            all: n,
-            answering: n,
-        }
-    }
-
     #[test]
     fn a_bucket_with_room_admits_anyone() {
         let bucket = vec![(1, 10, false), (2, 20, true)];
-        assert_eq!(decide(3, 9, 500, &bucket, || closer(99)), Admission::Admit);
+        assert_eq!(decide(3, 9, 500, &bucket, || 99), Admission::Admit);
     }
 
     #[test]
     fn a_peer_already_there_is_admitted_even_into_a_full_bucket() {
-        assert_eq!(decide(3, 2, 20, &full(3), || closer(99)), Admission::Admit);
+        assert_eq!(decide(3, 2, 20, &full(3), || 99), Admission::Admit);
     }
 
     #[test]
     fn a_full_bucket_refuses_a_peer_farther_than_all_its_entries() {
-        assert_eq!(decide(3, 9, 31, &full(3), || closer(0)), Admission::Refuse);
+        assert_eq!(decide(3, 9, 31, &full(3), || 0), Admission::Refuse);
         assert_eq!(
-            decide(3, 9, 30, &full(3), || closer(0)),
+            decide(3, 9, 30, &full(3), || 0),
             Admission::Refuse,
             "a tie keeps the old entry"
         );
@@ -306,15 +283,12 @@ mod tests {
     #[test]
     fn a_peer_among_the_k_closest_replaces_the_bucket_farthest() {
         // Closer than entry 3 (distance 30), and only 2 < k peers in the table are closer.
-        assert_eq!(
-            decide(3, 9, 25, &full(3), || closer(2)),
-            Admission::Replace(3)
-        );
+        assert_eq!(decide(3, 9, 25, &full(3), || 2), Admission::Replace(3));
     }
 
     #[test]
     fn a_peer_closer_than_the_bucket_farthest_but_not_among_the_k_closest_is_refused() {
-        assert_eq!(decide(3, 9, 25, &full(3), || closer(3)), Admission::Refuse);
+        assert_eq!(decide(3, 9, 25, &full(3), || 3), Admission::Refuse);
     }
 
     #[test]
@@ -322,7 +296,7 @@ mod tests {
         let counted = std::cell::Cell::new(false);
         let count = || {
             counted.set(true);
-            closer(0)
+            0
         };
         assert_eq!(decide(3, 9, 5, &[(1, 10, false)], count), Admission::Admit);
         assert!(!counted.get());
@@ -330,35 +304,20 @@ mod tests {
 
     #[test]
     fn a_suspect_gives_way_to_a_peer_among_the_k_closest_that_answer() {
-        // Entry 2 stopped answering; the candidate lies beyond the whole bucket, and 3 peers
-        // lie closer, only 2 of them answering: it is among the 3 closest that answer.
+        // Entry 2 stopped answering; the candidate lies beyond the whole bucket, and 2 answering
+        // peers lie closer: it is among the 3 closest that answer.
         let mut bucket = full(3);
         bucket[1].2 = true;
-        let counted = Closer {
-            all: 3,
-            answering: 2,
-        };
-        assert_eq!(decide(3, 9, 31, &bucket, || counted), Admission::Replace(2));
-        // The farthest suspect goes first.
+        assert_eq!(decide(3, 9, 31, &bucket, || 2), Admission::Replace(2));
+        // The farthest suspect goes, not the farthest entry.
         bucket[0].2 = true;
-        assert_eq!(decide(3, 9, 31, &bucket, || counted), Admission::Replace(2));
+        assert_eq!(decide(3, 9, 25, &bucket, || 2), Admission::Replace(2));
     }
 
     #[test]
     fn a_suspect_stays_for_a_peer_that_is_not_among_the_k_closest_that_answer() {
         let mut bucket = full(3);
         bucket[1].2 = true;
-        let counted = Closer {
-            all: 4,
-            answering: 3,
-        };
-        assert_eq!(decide(3, 9, 31, &bucket, || counted), Admission::Refuse);
-        // Nor does an answering entry give way because suspects elsewhere are not counted: the
-        // farthest entry may itself be among the k closest that answer.
-        let counted = Closer {
-            all: 3,
-            answering: 1,
-        };
-        assert_eq!(decide(3, 9, 25, &full(3), || counted), Admission::Refuse);
+        assert_eq!(decide(3, 9, 31, &bucket, || 3), Admission::Refuse);
     }
 }
