@@ -11,7 +11,7 @@ use crate::health::{self, HealthState};
 
 impl<W: Write> EventLoop<W> {
     pub(super) fn table_changed(&mut self) {
-        self.liveness.table_changed = Some(Instant::now());
+        self.liveness.table_changed_at(Instant::now());
         if self.snapshot_due.is_none() {
             self.snapshot_due = Some(Instant::now() + self.timers.table_debounce);
         }
