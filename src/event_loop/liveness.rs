@@ -163,7 +163,7 @@ impl Liveness {
         self.suspects.contains_key(peer) || self.broken.contains(peer)
     }
 
-    /// `peer` left the table some other way than by [`EventLoop::on_dial_failure`].
+    /// `peer` leaves the table: nothing is suspected of it any more.
     pub(super) fn forget(&mut self, peer: &PeerId) {
         self.suspects.remove(peer);
         self.broken.remove(peer);
@@ -385,8 +385,7 @@ impl<W: Write> EventLoop<W> {
         if self.table_size() <= 1 {
             return;
         }
-        self.liveness.suspects.remove(&peer);
-        self.liveness.broken.remove(&peer);
+        self.liveness.forget(&peer);
         let unanswered = verdict == DialVerdict::NoAnswer;
         let closest = self.closest_in_table().contains(&peer);
         let removed = self.swarm.behaviour_mut().kad.remove_peer(&peer);
