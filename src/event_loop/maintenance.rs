@@ -289,6 +289,9 @@ impl<W: Write> EventLoop<W> {
                     }
                     None => return,
                 };
+                if target == WalkTarget::Own {
+                    self.liveness.relookup.lookup_ended(Instant::now());
+                }
                 let (ok, peers_found) = match result {
                     Ok(ok) => (true, ok.peers.len()),
                     Err(kad::GetClosestPeersError::Timeout { peers, .. }) => (false, peers.len()),
