@@ -58,6 +58,9 @@ pub struct Timers {
     pub dial_backoff_max: Duration,
     /// Run the healing rules (`--heal`, liveness.rs).
     pub heal: bool,
+    /// `--idle-timeout`: a connection that breaks younger than this was not closed for being
+    /// idle (liveness.rs, rule 2).
+    pub idle_timeout: Duration,
 }
 
 pub struct EventLoop<W: Write> {
@@ -312,6 +315,7 @@ impl<W: Write> EventLoop<W> {
                     connections: num_established.get(),
                 });
                 self.remotes.insert(connection_id, remote);
+                self.liveness.opened.insert(connection_id, Instant::now());
                 self.on_connected(&peer_id);
             }
             SwarmEvent::ConnectionClosed {
@@ -322,6 +326,7 @@ impl<W: Write> EventLoop<W> {
                 cause,
             } => {
                 self.remotes.remove(&connection_id);
+                let opened = self.liveness.opened.remove(&connection_id);
                 if !self.joined && num_established == 0 {
                     // Reached a bootstrap node but never got a routable peer out of it (identify
                     // timed out on an overloaded host, say): dial it again rather than stay alone.
@@ -337,6 +342,8 @@ impl<W: Write> EventLoop<W> {
                         tracing::warn!(addr = %t.addr, "bootstrap connection closed before joining; dialing again");
                     }
                 }
+                let age = opened.map(|at| at.elapsed());
+                let broke = cause.is_some();
                 self.emit(Event::ConnectionClosed {
                     peer_id: peer_id.to_string(),
                     remote_addr: endpoint.get_remote_address().to_string(),
@@ -344,7 +351,8 @@ impl<W: Write> EventLoop<W> {
                     cause: cause.map(|e| error_chain(&e)),
                 });
                 if num_established == 0 {
-                    self.on_disconnected(peer_id);
+                    let young = broke && age.is_some_and(|age| age < self.timers.idle_timeout);
+                    self.on_disconnected(peer_id, young);
                 }
             }
             SwarmEvent::OutgoingConnectionError {

@@ -189,6 +189,7 @@ pub async fn run<W: Write>(
             heartbeat: args.heartbeat,
             dial_backoff_max: args.dial_backoff_max,
             heal: args.heal,
+            idle_timeout: args.idle_timeout,
         },
         args.health_file.clone(),
     );
