@@ -243,7 +243,7 @@ impl Relookup {
     /// Whether to start the self lookup at `now`; `running` says one is in flight, and then it
     /// waits for that one's end ([`Relookup::lookup_ended`]).
     pub(super) fn start_now(&mut self, now: Instant, running: bool) -> bool {
-        if !self.at.is_some_and(|at| at <= now) {
+        if self.at.is_none_or(|at| at > now) {
             return false;
         }
         self.at = None;
@@ -334,17 +334,15 @@ impl<W: Write> EventLoop<W> {
             }
         }
         let running = self.self_lookup_running();
-        if self.liveness.relookup.start_now(now, running) {
-            if self.table_size() > 0 {
-                let id = self.lookup_own_key();
-                self.queries.insert(
-                    id,
-                    Query::Walk {
-                        target: WalkTarget::Own,
-                        started: now,
-                    },
-                );
-            }
+        if self.liveness.relookup.start_now(now, running) && self.table_size() > 0 {
+            let id = self.lookup_own_key();
+            self.queries.insert(
+                id,
+                Query::Walk {
+                    target: WalkTarget::Own,
+                    started: now,
+                },
+            );
         }
         if self.liveness.sweep_at.is_some_and(|at| at <= now) {
             self.liveness.sweep_at = None;
