@@ -13,7 +13,9 @@
 //!    minutes; its ping fails (`--ping-interval` plus libp2p's 20 s ping timeout), and the node
 //!    closes that connection, which rule 2 then treats as broken.
 //! 2. **Probe, then remove.** When the last connection to a watched peer closes, the node
-//!    dials it once, [`PROBE_DELAY`] later. A dial
+//!    dials it once, [`PROBE_DELAY`] later; so too for any table peer whose connection broke
+//!    younger than `--idle-timeout`, which no idle close does (once per [`YOUNG_BREAK_GAP`]
+//!    a peer). A dial
 //!    to a table peer (this probe, or any dial a lookup makes) that shows the peer gone removes
 //!    it from the table (`peer_removed`): refused, unreachable, or another peer at its address
 //!    ([`dial_verdict`]). A dial that timed out removes nothing, since an overloaded host times
