@@ -395,7 +395,7 @@ impl<W: Write> EventLoop<W> {
     /// removal on the first timeout. Measured at N = 300 before this, 90 peers killed: a node
     /// none of whose 20 closest died noticed nothing, never swept, and still held 24 dead
     /// entries 150 s after the last kill, though connections from two of those peers, opened
-    /// 22–23 s before, had broken at their kills.
+    /// 14–23 s before, had broken during the kills.
     pub(super) fn on_disconnected(&mut self, peer: PeerId, young: bool) {
         if !self.liveness.settled || !self.in_table(&peer) {
             return;
