@@ -224,8 +224,8 @@ impl Liveness {
 /// Before, each piece of evidence that came after the last lookup had started began another.
 /// Measured at N = 300 after a 90 s partition healed: every node saw ~48 unanswering peers come
 /// back over 150 s and started 17 self lookups, each ~60 s long on the overloaded host (5120 in
-/// all, most of them running at once), identify took 10–25 s, and the halves held each other
-/// only 142.5 s after the heal.
+/// all, about seven at a time on each node), identify took up to 25 s, and the halves held each
+/// other only 142.5 s after the heal.
 #[derive(Debug, Default)]
 pub(super) struct Relookup {
     /// When to start it.
