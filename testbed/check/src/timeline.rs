@@ -40,6 +40,14 @@ pub struct Convergence {
     pub outbound_connections: Vec<u32>,
     /// The network over time, after each snapshot (thinned to at most [`MAX_POINTS`]).
     pub series: Vec<Point>,
+    /// The longest a live node's table held a departed peer (a stale entry): from the departure
+    /// to the holder's first snapshot without it (so to within the holder's table debounce of
+    /// the drop), to the holder's own departure, or to the run's end for an entry still held.
+    /// Exact in the nodes' own clocks, unlike a live sample, which also counts how far the
+    /// reader lags behind.
+    pub stale_oldest_ms: Option<u64>,
+    /// Stale entries still held by live tables at the run's end (before its shutdown).
+    pub stale_left: usize,
 }
 
 /// The network at one moment of the replay.
@@ -253,6 +261,22 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
     let mut complete: HashSet<u32> = HashSet::new();
     let first_start = result.first_start.unwrap_or(last_start);
     let mut series = Vec::new();
+    // When each identity departed (not in the shutdown): entries pointing at it are stale from
+    // then on.
+    let down_at: HashMap<u32, Timestamp> = histories
+        .iter()
+        .filter_map(|(&id, h)| Some((id, h.down.filter(|d| shutdown.is_none_or(|s| *d < s))?)))
+        .collect();
+    // The age of a stale entry that ends at `ts` (dropped, or its holder gone), if `p` had
+    // departed by then.
+    let stale_age = |p: &u32, ts: Timestamp, live: &HashSet<u32>| {
+        (!live.contains(p))
+            .then(|| down_at.get(p))
+            .flatten()
+            .filter(|d| **d <= ts)
+            .map(|d| ts.millis_since(*d))
+    };
+    let mut oldest: Option<u64> = None;
     let holds_closest = |index: &ClosestIndex<u32>, tables: &HashMap<u32, HashSet<u32>>, id| {
         let (found, wanted) = index.held(id, |p| tables.get(&id).is_some_and(|t| t.contains(&p)));
         wanted > 0 && found == wanted
@@ -283,6 +307,7 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
                 complete.remove(&id);
                 for p in tables.remove(&id).unwrap_or_default() {
                     unsee(&mut seen_by, p);
+                    oldest = oldest.max(stale_age(&p, ts, &live));
                 }
                 let changed = index.leave(id);
                 recheck(changed, &index, &tables, &mut complete);
@@ -300,6 +325,7 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
                 let old = tables.remove(&id).unwrap_or_default();
                 for p in old.difference(&new) {
                     unsee(&mut seen_by, *p);
+                    oldest = oldest.max(stale_age(p, ts, &live));
                 }
                 for p in new.difference(&old) {
                     *seen_by.entry(*p).or_default() += 1;
@@ -337,6 +363,22 @@ fn replay(histories: HashMap<u32, NodeHistory>, k: usize, threshold: f64) -> Con
             result.closest_ms = Some(at);
         }
     }
+    // Entries still stale at the end: held until then.
+    let end = shutdown.or_else(|| histories.values().map(|h| h.last_event).max());
+    if let Some(end) = end {
+        for (holder, table) in &tables {
+            if !live.contains(holder) {
+                continue;
+            }
+            for p in table {
+                if let Some(age) = stale_age(p, end, &live) {
+                    result.stale_left += 1;
+                    oldest = oldest.max(Some(age));
+                }
+            }
+        }
+    }
+    result.stale_oldest_ms = oldest;
     result.departed = histories
         .values()
         .filter(|h| h.down.is_some_and(|d| shutdown.is_none_or(|s| d < s)))
@@ -388,6 +430,26 @@ fn thin(series: Vec<Point>, max: usize) -> Vec<Point> {
 mod tests {
     use super::*;
 
+    /// A `node_started` line at 10:00:`s`.
+    fn started(id: &str, s: u32) -> String {
+        format!(
+            r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"node_started","peer_id":"{id}","role":"peer","listen_addrs":[]}}"#
+        )
+    }
+
+    /// A `routing_table` line at 10:00:`s` holding `peers`.
+    fn table(s: u32, peers: &[&str]) -> String {
+        let list: Vec<String> = peers
+            .iter()
+            .map(|p| format!(r#"{{"peer_id":"{p}","bucket":255}}"#))
+            .collect();
+        format!(
+            r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"routing_table","reason":"changed","size":{},"peers":[{}]}}"#,
+            peers.len(),
+            list.join(",")
+        )
+    }
+
     #[test]
     fn a_three_node_history_converges_when_the_last_table_fills() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -396,22 +458,6 @@ mod tests {
             "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X",
             "12D3KooWGFMmCGJH8bSxrSX5ZZNPjcq64UcwpweWZVBx31uiP7C4",
         ];
-        let started = |id: &str, s: u32| {
-            format!(
-                r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"node_started","peer_id":"{id}","role":"peer","listen_addrs":[]}}"#
-            )
-        };
-        let table = |s: u32, peers: &[&str]| {
-            let list: Vec<String> = peers
-                .iter()
-                .map(|p| format!(r#"{{"peer_id":"{p}","bucket":255}}"#))
-                .collect();
-            format!(
-                r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"routing_table","reason":"changed","size":{},"peers":[{}]}}"#,
-                peers.len(),
-                list.join(",")
-            )
-        };
         let logs = [
             vec![
                 started(ids[0], 0),
@@ -440,6 +486,62 @@ mod tests {
         assert_eq!(c.closest_ms, Some(7_000));
         assert_eq!(c.best_closest_share, 1.0);
         assert_eq!(c.snapshots, 6);
+    }
+
+    /// Node 1 stops at :10. Node 2 drops it at :25 (15 s), node 0 at :30 (20 s): the oldest
+    /// stale entry is 20 s old, none left. Had node 0 kept it, it would be held at the run's end
+    /// (node 2's last snapshot, :45): 35 s old, one left.
+    #[test]
+    fn a_stale_entry_ages_from_its_peers_departure_to_the_snapshot_that_drops_it() {
+        let ids = [
+            "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
+            "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X",
+            "12D3KooWGFMmCGJH8bSxrSX5ZZNPjcq64UcwpweWZVBx31uiP7C4",
+        ];
+        let stopping = |s: u32| {
+            format!(
+                r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"node_stopping","reason":"SIGTERM","uptime_ms":9000}}"#
+            )
+        };
+        let replay = |node0_drops: bool| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let node0 = vec![
+                started(ids[0], 0),
+                table(5, &[ids[1], ids[2]]),
+                table(20, &[ids[1], ids[2]]),
+                if node0_drops {
+                    table(30, &[ids[2]])
+                } else {
+                    table(30, &[ids[1], ids[2]])
+                },
+            ];
+            let logs = [
+                node0,
+                vec![started(ids[1], 1), table(3, &[ids[0]]), stopping(10)],
+                vec![
+                    started(ids[2], 2),
+                    table(6, &[ids[0], ids[1]]),
+                    table(25, &[ids[0]]),
+                    table(45, &[ids[0]]),
+                ],
+            ];
+            for (i, lines) in logs.iter().enumerate() {
+                std::fs::write(dir.path().join(format!("n{i}.log")), lines.join("\n"))
+                    .expect("write");
+            }
+            replay_dir(dir.path(), 20, 1.0).expect("replays")
+        };
+        let c = replay(true);
+        assert_eq!(c.departed, 1);
+        assert_eq!(c.stale_oldest_ms, Some(20_000));
+        assert_eq!(c.stale_left, 0);
+        let kept = replay(false);
+        assert_eq!(
+            kept.stale_oldest_ms,
+            Some(35_000),
+            "held until the end at :45"
+        );
+        assert_eq!(kept.stale_left, 1);
     }
 }
 

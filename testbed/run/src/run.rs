@@ -114,6 +114,35 @@ pub struct Killed {
     pub at: testbed_events::Timestamp,
 }
 
+impl Killed {
+    /// Kills `containers` (SIGKILL) one at a time, like every stop (see [`engine`]'s docs), and
+    /// records each at the moment its kill returned. The node is dead by then, while a loaded
+    /// daemon can hold the request itself for a long time: at N = 300 a peer completed a
+    /// handshake 42 s after the request to kill it was sent, which made its table entries look
+    /// 42 s staler than they were. Stops at the first container that could not be killed.
+    pub async fn kill_each(
+        docker: &Docker,
+        containers: &[String],
+        project: &str,
+        killed: &mut Vec<Killed>,
+    ) -> anyhow::Result<()> {
+        for container in containers {
+            if let Some(e) = engine::kill(docker, std::slice::from_ref(container))
+                .await
+                .first()
+            {
+                anyhow::bail!("{e}");
+            }
+            killed.push(Killed {
+                node: testbed_docker::short_name(container, project).to_owned(),
+                container: container.clone(),
+                at: testbed_events::Timestamp::now(),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// How the network healed after [`Churn`].
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ChurnOutcome {
@@ -673,18 +702,9 @@ async fn churn_and_watch(
         ..ChurnOutcome::default()
     };
     let began = Instant::now();
-    for container in victims {
-        let at = testbed_events::Timestamp::now();
-        let errors = engine::kill(docker, std::slice::from_ref(&container)).await;
-        if !errors.is_empty() {
-            anyhow::bail!("churn: {}", errors.join("; "));
-        }
-        outcome.killed.push(Killed {
-            node: testbed_docker::short_name(&container, &spec.project).to_owned(),
-            container,
-            at,
-        });
-    }
+    Killed::kill_each(docker, &victims, &spec.project, &mut outcome.killed)
+        .await
+        .context("churn")?;
     // The killed are gone for good: the run now expects that many fewer live nodes.
     let check = CheckOptions {
         expect_nodes: spec

@@ -327,18 +327,13 @@ async fn act(
     let acted: Vec<String> = match action {
         Action::Kill(g) => {
             let containers = containers_of(g, groups, stage).await?;
-            for c in &containers {
-                let at = testbed_events::Timestamp::now();
-                let errors = engine::kill(docker, std::slice::from_ref(c)).await;
-                if let Some(e) = errors.first() {
-                    bail!("{e}");
-                }
-                outcome.killed.push(Killed {
-                    node: short(stage, c),
-                    container: c.clone(),
-                    at,
-                });
-            }
+            Killed::kill_each(
+                docker,
+                &containers,
+                &stage.spec.project,
+                &mut outcome.killed,
+            )
+            .await?;
             containers
         }
         Action::Stop(g) | Action::Remove(g) => {
