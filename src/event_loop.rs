@@ -63,6 +63,12 @@ pub struct Timers {
     pub idle_timeout: Duration,
 }
 
+/// An open connection, as the loop keeps it.
+struct OpenConnection {
+    remote: Multiaddr,
+    since: Instant,
+}
+
 pub struct EventLoop<W: Write> {
     swarm: Swarm<Behaviour>,
     emitter: Emitter<W>,
@@ -70,8 +76,9 @@ pub struct EventLoop<W: Write> {
     timers: Timers,
     health_file: Option<PathBuf>,
     started: Instant,
-    /// Remote address of each open connection: decides which identify addresses are dialable.
-    remotes: HashMap<ConnectionId, Multiaddr>,
+    /// Each open connection: its remote address decides which identify addresses are dialable,
+    /// its age whether a break was an idle close (liveness.rs, rule 2).
+    open: HashMap<ConnectionId, OpenConnection>,
     bootstrap_targets: Vec<BootstrapTarget>,
     /// Whether the initial Kademlia bootstrap has been started (joiners only).
     joined: bool,
@@ -144,7 +151,7 @@ impl<W: Write> EventLoop<W> {
             timers,
             health_file,
             started: now,
-            remotes: HashMap::new(),
+            open: HashMap::new(),
             bootstrap_targets,
             joined: false,
             queries: HashMap::new(),
@@ -314,8 +321,13 @@ impl<W: Write> EventLoop<W> {
                     direction,
                     connections: num_established.get(),
                 });
-                self.remotes.insert(connection_id, remote);
-                self.liveness.opened.insert(connection_id, Instant::now());
+                self.open.insert(
+                    connection_id,
+                    OpenConnection {
+                        remote,
+                        since: Instant::now(),
+                    },
+                );
                 self.on_connected(&peer_id);
             }
             SwarmEvent::ConnectionClosed {
@@ -325,8 +337,7 @@ impl<W: Write> EventLoop<W> {
                 num_established,
                 cause,
             } => {
-                self.remotes.remove(&connection_id);
-                let opened = self.liveness.opened.remove(&connection_id);
+                let opened = self.open.remove(&connection_id);
                 if !self.joined && num_established == 0 {
                     // Reached a bootstrap node but never got a routable peer out of it (identify
                     // timed out on an overloaded host, say): dial it again rather than stay alone.
@@ -342,7 +353,7 @@ impl<W: Write> EventLoop<W> {
                         tracing::warn!(addr = %t.addr, "bootstrap connection closed before joining; dialing again");
                     }
                 }
-                let age = opened.map(|at| at.elapsed());
+                let age = opened.map(|o| o.since.elapsed());
                 let broke = cause.is_some();
                 self.emit(Event::ConnectionClosed {
                     peer_id: peer_id.to_string(),
@@ -425,10 +436,11 @@ impl<W: Write> EventLoop<W> {
                 info,
             } => {
                 let kad = info.protocols.contains(&KAD_PROTOCOL);
-                let dialable = match (kad, self.remotes.get(&connection_id)) {
-                    (true, Some(remote)) => dialable_from(remote, &info.listen_addrs),
+                let dialable = match (kad, self.open.get(&connection_id)) {
+                    (true, Some(open)) => dialable_from(&open.remote, &info.listen_addrs),
                     _ => Vec::new(),
                 };
+                self.on_address_claimed(peer_id, &dialable);
                 let added = self.admit(peer_id, dialable);
                 if kad && added.is_empty() {
                     // Turned away (or no dialable address): it may belong once dead entries go.
