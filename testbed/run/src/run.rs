@@ -117,9 +117,10 @@ pub struct Killed {
 impl Killed {
     /// Kills `containers` (SIGKILL) one at a time, like every stop (see [`engine`]'s docs), and
     /// records each at the moment its kill returned. The node is dead by then, while a loaded
-    /// daemon can hold the request itself for a long time: at N = 300 a peer completed a
-    /// handshake 42 s after the request to kill it was sent, which made its table entries look
-    /// 42 s staler than they were. Stops at the first container that could not be killed.
+    /// daemon can hold the request itself: at N = 300 a peer was logged completing a handshake
+    /// 42 s after the request to kill it was sent, so timing the request could make its table
+    /// entries look staler than they were. Stops at the first container that could not be
+    /// killed.
     pub async fn kill_each(
         docker: &Docker,
         containers: &[String],
