@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use crate::crawl::CrawlLog;
 use testbed_events::{
-    BootstrapTrigger, Envelope, Event, ParseError, Role, SnapshotReason, TableEntry, Timestamp,
-    parse_line,
+    BootstrapTrigger, Envelope, Event, ParseError, ParsedLine, Role, SnapshotReason, TableEntry,
+    Timestamp, parse_line,
 };
 
 /// How many bad lines to quote in a report, in all.
@@ -353,14 +353,30 @@ impl Ingest {
         self.cutoff
     }
 
+    /// Moves the cutoff later: what [`crate::instants`] does as it walks a saved run forward.
+    /// The caller feeds only events up to it.
+    pub(crate) fn advance_to(&mut self, cutoff: Timestamp) {
+        self.cutoff = Some(self.cutoff.map_or(cutoff, |c| c.max(cutoff)));
+    }
+
     /// Feeds one line of the log named `node` (without its newline).
     pub fn push_line(&mut self, node: &str, line: &str) {
+        self.push_parsed(node, line, parse_line(line));
+    }
+
+    /// Feeds one line already parsed (`parsed` is `parse_line(line)`).
+    pub(crate) fn push_parsed(
+        &mut self,
+        node: &str,
+        line: &str,
+        parsed: Result<ParsedLine, ParseError>,
+    ) {
         let log = self
             .nodes
             .entry(node.to_owned())
             .or_insert_with(|| NodeLog::new(node));
         log.lines.lines += 1;
-        let error = match parse_line(line) {
+        let error = match parsed {
             Ok(parsed) => {
                 log.lines.events += 1;
                 if parsed.newer_version {

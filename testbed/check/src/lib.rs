@@ -29,14 +29,19 @@
 //! * [`source`]: files, stdin, a compose project's containers (through `testbed-docker`), or a
 //!   Kubernetes namespace's pods (through `testbed-kube`).
 //! * [`timeline`]: when a saved run converged, replaying every snapshot in time order.
+//! * [`instants`]: a saved run judged by the full verdict at instants in time order, each file
+//!   read once: how a scenario's expectations are judged after the run.
 //!
 //! Exit codes of the binary: 0 every property holds, 1 a property failed, 2 the logs could not be
 //! read (no daemon, no such project, no events at all, bad flags).
 
 pub mod closest;
 pub mod crawl;
+#[cfg(test)]
+mod fixtures;
 pub mod html;
 pub mod ingest;
+pub mod instants;
 pub mod report;
 pub mod source;
 pub mod timeline;
@@ -114,8 +119,7 @@ impl Reader {
                 }
                 files = ingest;
                 if let Some(run) = recorded {
-                    opts.shutdown_at = opts.shutdown_at.or(run.shutdown_began);
-                    opts.expect_nodes = opts.expect_nodes.or(run.expected_nodes());
+                    run.fill(&mut opts);
                 }
                 vec![&files]
             }
@@ -137,7 +141,7 @@ impl Reader {
         }
         let ingests: Vec<&ingest::Ingest> =
             ingests.into_iter().chain(crawl_ingests.iter()).collect();
-        let mut report = judge(&self.source, &ingests, &opts)?;
+        let mut report = judge(&self.source.to_string(), &ingests, &opts)?;
         report.at = cutoff;
         Ok(report)
     }
@@ -180,8 +184,9 @@ impl Reader {
     }
 }
 
-fn judge(
-    source: &Source,
+/// The verdict on what `ingests` read from `origin` (named in the error when they hold no event).
+pub(crate) fn judge(
+    origin: &str,
     ingests: &[&ingest::Ingest],
     opts: &CheckOptions,
 ) -> Result<Report, SourceError> {
@@ -192,7 +197,7 @@ fn judge(
     }
     if lines.events == 0 {
         return Err(SourceError::NoEvents {
-            origin: source.to_string(),
+            origin: origin.to_owned(),
             lines: lines.lines,
         });
     }

@@ -2,6 +2,7 @@
 //! tasks through the Docker Engine API, or pods through the Kubernetes API. Each streams line by
 //! line into an [`Ingest`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -172,6 +173,13 @@ impl RecordedRun {
             .flat_map(|c| c.killed.iter().map(|k| (k.node.as_str(), k.at)))
     }
 
+    /// What the run tells its verdict that the logs do not: when its shutdown began, and how
+    /// many nodes it expects live (each only where `opts` does not say).
+    pub fn fill(&self, opts: &mut crate::CheckOptions) {
+        opts.shutdown_at = opts.shutdown_at.or(self.shutdown_began);
+        opts.expect_nodes = opts.expect_nodes.or(self.expected_nodes());
+    }
+
     /// The live nodes the run expects at its end: the bootstrap and the peers, but for those it
     /// killed; none for a scenario.
     pub fn expected_nodes(&self) -> Option<usize> {
@@ -210,26 +218,7 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
         let file = std::fs::File::open(path).map_err(io)?;
         return read_stream(&node_name(path), file, ingest);
     }
-    // A run folder (runs/<name>/) keeps its node logs in logs/.
-    let dir = if path.join("logs").is_dir() {
-        path.join("logs")
-    } else {
-        path.to_owned()
-    };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map_err(io)?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            !p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    if files.is_empty() {
-        return Err(SourceError::NoFiles(dir.display().to_string()));
-    }
-    files.sort();
+    let files = log_files(path)?;
     // One file per node: read them on every core (a 1000-node run is ~600 MB of events).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let parts = read_files_parallel(&files, workers, ingest.cutoff())?;
@@ -249,6 +238,35 @@ pub fn read_files(path: &Path, ingest: &mut Ingest) -> Result<(), SourceError> {
         ingest.merge(part);
     }
     Ok(())
+}
+
+/// The log files of a folder, sorted: a run folder's (`runs/<name>/`) are in its `logs/`.
+/// Hidden files are not logs.
+pub(crate) fn log_files(path: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let io = |source| SourceError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let dir = if path.join("logs").is_dir() {
+        path.join("logs")
+    } else {
+        path.to_owned()
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .map_err(io)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    if files.is_empty() {
+        return Err(SourceError::NoFiles(dir.display().to_string()));
+    }
+    files.sort();
+    Ok(files)
 }
 
 /// Reads `files` on `workers` threads, each into its own digest.
@@ -323,26 +341,52 @@ pub(crate) fn each_line(
     reader: impl Read,
     mut f: impl FnMut(&str),
 ) -> Result<(), SourceError> {
-    let mut reader = BufReader::with_capacity(256 * 1024, reader);
-    let mut buf = Vec::with_capacity(4096);
-    loop {
-        buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
+    let mut lines = Lines::new(name, reader);
+    while let Some(line) = lines.next_line()? {
+        f(&line);
+    }
+    Ok(())
+}
+
+/// A log read a line at a time, as [`each_line`] reads it: for a reader that stops between
+/// lines ([`crate::instants`]).
+pub(crate) struct Lines<R> {
+    name: String,
+    reader: BufReader<R>,
+    buf: Vec<u8>,
+}
+
+impl<R: Read> Lines<R> {
+    pub(crate) fn new(name: &str, reader: R) -> Self {
+        Self {
+            name: name.to_owned(),
+            reader: BufReader::with_capacity(256 * 1024, reader),
+            buf: Vec::with_capacity(4096),
+        }
+    }
+
+    /// The next line, or `None` at the end.
+    pub(crate) fn next_line(&mut self) -> Result<Option<Cow<'_, str>>, SourceError> {
+        self.buf.clear();
+        let n = self
+            .reader
+            .read_until(b'\n', &mut self.buf)
             .map_err(|source| SourceError::Io {
-                path: name.to_owned(),
+                path: self.name.clone(),
                 source,
             })?;
         if n == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let text = String::from_utf8_lossy(&buf);
-        let line = text.trim_end_matches(['\n', '\r']);
-        if line.contains('\x1b') {
-            f(&strip_ansi_escapes::strip_str(line));
+        let line = match String::from_utf8_lossy(&self.buf) {
+            Cow::Borrowed(text) => Cow::Borrowed(text.trim_end_matches(['\n', '\r'])),
+            Cow::Owned(text) => Cow::Owned(text.trim_end_matches(['\n', '\r']).to_owned()),
+        };
+        Ok(Some(if line.contains('\x1b') {
+            Cow::Owned(strip_ansi_escapes::strip_str(&line))
         } else {
-            f(line);
-        }
+            line
+        }))
     }
 }
 

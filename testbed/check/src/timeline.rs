@@ -429,26 +429,7 @@ fn thin(series: Vec<Point>, max: usize) -> Vec<Point> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A `node_started` line at 10:00:`s`.
-    fn started(id: &str, s: u32) -> String {
-        format!(
-            r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"node_started","peer_id":"{id}","role":"peer","listen_addrs":[]}}"#
-        )
-    }
-
-    /// A `routing_table` line at 10:00:`s` holding `peers`.
-    fn table(s: u32, peers: &[&str]) -> String {
-        let list: Vec<String> = peers
-            .iter()
-            .map(|p| format!(r#"{{"peer_id":"{p}","bucket":255}}"#))
-            .collect();
-        format!(
-            r#"{{"v":1,"ts":"2026-11-25T10:00:{s:02}.000Z","type":"routing_table","reason":"changed","size":{},"peers":[{}]}}"#,
-            peers.len(),
-            list.join(",")
-        )
-    }
+    use crate::fixtures::{started, table};
 
     #[test]
     fn a_three_node_history_converges_when_the_last_table_fills() {

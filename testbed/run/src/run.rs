@@ -360,6 +360,7 @@ pub async fn execute(spec: &RunSpec, docker: &Docker) -> RunOutcome {
     // churn run were unknown to this verdict (39 of 90 killed nodes judged live at N = 300).
     write_run_json(&outcome, &run_dir);
     rejudge_saved_logs(&mut outcome, &run_dir, spec).await;
+    rejudge_scenario(&mut outcome, &run_dir, spec);
     write_outputs(&outcome, &run_dir, spec);
     outcome
 }
@@ -397,6 +398,32 @@ async fn rejudge_saved_logs(outcome: &mut RunOutcome, run_dir: &Path, spec: &Run
         }
         Err(e) => {
             let problem = format!("cannot judge the saved logs: {e}");
+            eprintln!("  {problem}");
+            outcome.cleanup_errors.push(problem);
+        }
+    }
+}
+
+/// A scenario's expectations, judged again from the saved logs second by second in the nodes'
+/// own clocks ([`scenario::rejudge`]): the live samples only paced the timeline.
+fn rejudge_scenario(outcome: &mut RunOutcome, run_dir: &Path, spec: &RunSpec) {
+    let (Some(played), Some(scenario)) = (outcome.scenario.as_mut(), spec.scenario.as_ref()) else {
+        return;
+    };
+    if !played.formed || outcome.log_bytes == 0 {
+        return;
+    }
+    say("judging the scenario's expectations from the saved logs, second by second");
+    match scenario::rejudge(played, scenario, &run_dir.join("logs")) {
+        Ok(0) => {}
+        Ok(n) => eprintln!(
+            "testbed: {n} expectation verdicts from the saved logs differ from the live ones; \
+             the saved ones count (both are in scenario.txt)"
+        ),
+        Err(e) => {
+            let problem = format!(
+                "cannot judge the scenario from the saved logs ({e}); the live verdicts stand"
+            );
             eprintln!("  {problem}");
             outcome.cleanup_errors.push(problem);
         }

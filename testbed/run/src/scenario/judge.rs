@@ -1,14 +1,21 @@
-//! Judging one expectation from samples of the live network: a pure state machine, so that
-//! "holds within T" and "holds throughout T" mean the same in every report and can be tested
-//! without Docker.
+//! Judging one expectation from samples of the network: a pure state machine, so that "holds
+//! within T" and "holds throughout T" mean the same in every report and can be tested without
+//! Docker. The live run samples what its reader has read ([`Judge::observe`]); after the run,
+//! [`replay`] drives the same judges over the saved logs at exact instants, and that verdict
+//! counts.
 
 use std::time::Duration;
 
 use serde::Serialize;
 use testbed_check::Report;
 use testbed_check::verdict::{PropertyId, Status};
+use testbed_events::Timestamp;
 
 use super::file::{Hold, Property};
+
+/// How far apart the saved logs are sampled when expectations are judged after the run: about
+/// the nodes' own table debounce (a changed table is logged within 1 s).
+pub const REPLAY_EVERY: Duration = Duration::from_secs(1);
 
 /// What became of an expectation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -26,6 +33,12 @@ pub enum Verdict {
         at_s: f64,
         reasons: Vec<String>,
     },
+}
+
+impl Verdict {
+    pub fn passed(&self) -> bool {
+        matches!(self, Verdict::Pass { .. })
+    }
 }
 
 /// One expectation being judged.
@@ -97,6 +110,21 @@ impl Judge {
         }
     }
 
+    /// Sampling ends at `since`, before the deadline or the window's end (the next step began):
+    /// a judge still pending fails, saying why. A `throughout` window observed only in part is
+    /// not a pass.
+    pub fn cut_short(&mut self, since: Duration, why: String) {
+        if self.done() {
+            return;
+        }
+        let mut reasons = vec![why];
+        reasons.extend(self.last_reasons.iter().cloned());
+        self.verdict = Verdict::Fail {
+            at_s: since.as_secs_f64(),
+            reasons,
+        };
+    }
+
     fn expire(&mut self, since: Duration) {
         let mut reasons = vec![format!(
             "did not hold within {}",
@@ -119,6 +147,49 @@ impl Judge {
             Hold::Within(d) | Hold::Throughout(d) => d,
         }
     }
+}
+
+/// Judges expectations (their `holds`) again over instants [`REPLAY_EVERY`] apart from `acted`
+/// (the step's action done), up to each deadline but not past `next` (when the next step began:
+/// later instants would judge its fault instead). `held(at)` says, per expectation, whether it
+/// held at that instant (`None`: the logs could not be judged then). Returns one decided judge
+/// per expectation.
+pub fn replay(
+    holds: &[Hold],
+    acted: Timestamp,
+    next: Option<(usize, Timestamp)>,
+    mut held: impl FnMut(Timestamp) -> Option<Vec<Result<(), Vec<String>>>>,
+) -> Vec<Judge> {
+    let mut judges: Vec<Judge> = holds.iter().map(|h| Judge::new(*h)).collect();
+    let mut since = Duration::ZERO;
+    while judges.iter().any(|j| !j.done()) {
+        let at =
+            Timestamp(acted.as_millis() + u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+        if let Some((number, began)) = next.filter(|(_, began)| at > *began) {
+            let why = format!(
+                "step {number} began {:.1} s after this one acted, before this was decided",
+                began.millis_since(acted) as f64 / 1000.0
+            );
+            for j in &mut judges {
+                j.cut_short(since, why.clone());
+            }
+            break;
+        }
+        match held(at) {
+            Some(results) => {
+                for (j, result) in judges.iter_mut().zip(results) {
+                    j.observe(since, result);
+                }
+            }
+            None => {
+                for j in &mut judges {
+                    j.tick(since);
+                }
+            }
+        }
+        since += REPLAY_EVERY;
+    }
+    judges
 }
 
 /// Whether `property` holds in `report`, and if not, why (the checker's own failure lines).
@@ -223,6 +294,78 @@ mod tests {
             ok.observe(s(t), Ok(()));
         }
         assert_eq!(ok.verdict, Verdict::Pass { held_after_s: None });
+    }
+
+    fn at(ms: u64) -> Timestamp {
+        Timestamp(1_800_000_000_000 + ms)
+    }
+
+    #[test]
+    fn a_replay_samples_every_second_from_the_action_and_finds_the_first_that_held() {
+        let acted = at(0);
+        let mut asked = Vec::new();
+        // Holds from 7.5 s on: the first instant it held is 8 s.
+        let judges = replay(&[Hold::Within(s(60))], acted, None, |t| {
+            asked.push(t.millis_since(acted));
+            Some(vec![if t.millis_since(acted) >= 7_500 {
+                Ok(())
+            } else {
+                no()
+            }])
+        });
+        assert_eq!(
+            judges[0].verdict,
+            Verdict::Pass {
+                held_after_s: Some(8.0)
+            }
+        );
+        assert_eq!(asked, (0..=8).map(|i| i * 1_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_replay_fails_what_never_held_and_what_broke_within_its_window() {
+        let judges = replay(
+            &[Hold::Within(s(10)), Hold::Throughout(s(20))],
+            at(0),
+            None,
+            |t| {
+                let broke = t.millis_since(at(0)) >= 15_000;
+                Some(vec![no(), if broke { no() } else { Ok(()) }])
+            },
+        );
+        assert!(
+            matches!(&judges[0].verdict, Verdict::Fail { at_s, reasons }
+                if *at_s == 10.0 && reasons[0] == "did not hold within 10s"),
+            "{:?}",
+            judges[0].verdict
+        );
+        assert!(
+            matches!(judges[1].verdict, Verdict::Fail { at_s, .. } if at_s == 15.0),
+            "{:?}",
+            judges[1].verdict
+        );
+    }
+
+    #[test]
+    fn a_replay_stops_where_the_next_step_began() {
+        // Step 3 began 5 s after this step acted; it never held before that.
+        let judges = replay(
+            &[Hold::Within(s(60)), Hold::Throughout(s(30))],
+            at(0),
+            Some((3, at(5_000))),
+            |_| Some(vec![no(), Ok(())]),
+        );
+        for j in &judges {
+            assert!(
+                matches!(&j.verdict, Verdict::Fail { at_s, reasons }
+                    if *at_s == 6.0 && reasons[0].starts_with("step 3 began 5.0 s after")),
+                "{:?}",
+                j.verdict
+            );
+        }
+        // Unreadable logs to the deadline: a failure, never a pass.
+        let unread = replay(&[Hold::Throughout(s(3))], at(0), None, |_| None);
+        assert!(matches!(unread[0].verdict, Verdict::Fail { .. }));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! and may expect a property of the checker to hold within a time, or throughout a window.
 //!
 //! * `file.rs`: the file format, read and checked before anything starts.
-//! * `judge.rs`: one expectation judged from samples of the live network (pure).
+//! * `judge.rs`: one expectation judged from samples of the network, live or replayed (pure).
 //! * this file: playing the timeline against a running compose project, and the report.
 //!
 //! How a run goes (`testbed up --scenario FILE`, see `run.rs`): the network comes up and must
@@ -11,8 +11,11 @@
 //! with `at` runs at that time after it (or at once, if the formation took longer; the report
 //! shows both), a step with `after` that long after the previous step finished. A step's
 //! expectations are judged right after its action, every ~2 s, through the same checker as
-//! everything else, and the next step waits until they are decided. So "healed within 60 s" is
-//! the time from the fault (or the heal) to the first sample in which the property held again.
+//! everything else, and the next step waits until they are decided. Those live samples pace the
+//! timeline; the verdict is judged again after the run from the saved logs ([`rejudge`]), every
+//! second from the action in the nodes' own clocks, so a reader lagging under load cannot fail a
+//! healthy network or delay its healing time. "Healed within 60 s" is the time from the fault
+//! (or the heal) to the first such instant at which the property held again.
 //!
 //! Container actions go through the Docker Engine API; network ones through `faults.rs`, from
 //! outside the nodes.
@@ -26,8 +29,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use testbed_check::instants::Instants;
 use testbed_check::verdict::Across;
-use testbed_check::{CheckOptions, Reader};
+use testbed_check::{CheckOptions, Reader, SourceError};
 use testbed_docker::bollard::Docker;
 use testbed_docker::bollard::query_parameters::{
     RemoveContainerOptionsBuilder, RestartContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -72,6 +76,11 @@ pub struct StepOutcome {
     pub at: Option<testbed_events::Timestamp>,
     /// How long the action itself took.
     pub took_s: f64,
+    /// When the action was done: the expectations' clock starts here.
+    pub acted_at: Option<testbed_events::Timestamp>,
+    /// The checker's options for its expectations (the groups of an `across`, say).
+    #[serde(skip)]
+    pub check: Option<CheckOptions>,
     /// The containers it acted on (short names).
     pub nodes: Vec<String>,
     pub expectations: Vec<ExpectOutcome>,
@@ -83,6 +92,18 @@ pub struct StepOutcome {
 pub struct ExpectOutcome {
     pub property: String,
     pub hold: String,
+    /// The verdict that counts: from the saved logs at exact instants ([`rejudge`]), or the live
+    /// one if the logs could not be judged.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    pub samples: usize,
+    /// What the live run judged from the logs as its reader had them, which paced the timeline.
+    pub live: Option<LiveJudgement>,
+}
+
+/// An expectation as the live run judged it.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveJudgement {
     #[serde(flatten)]
     pub verdict: Verdict,
     pub samples: usize,
@@ -90,7 +111,7 @@ pub struct ExpectOutcome {
 
 impl ExpectOutcome {
     pub fn passed(&self) -> bool {
-        matches!(self.verdict, Verdict::Pass { .. })
+        self.verdict.passed()
     }
 }
 
@@ -160,6 +181,8 @@ pub async fn play(scenario: &Scenario, stage: &mut Stage<'_>) -> ScenarioOutcome
                 started_s: stage.t0.elapsed().as_secs_f64(),
                 at: Some(testbed_events::Timestamp::now()),
                 took_s: 0.0,
+                acted_at: None,
+                check: None,
                 nodes: Vec::new(),
                 expectations: Vec::new(),
                 error: Some(format!("{e:#}")),
@@ -189,6 +212,8 @@ pub async fn play(scenario: &Scenario, stage: &mut Stage<'_>) -> ScenarioOutcome
             started_s: started.duration_since(stage.t0).as_secs_f64(),
             at: Some(testbed_events::Timestamp::now()),
             took_s: 0.0,
+            acted_at: None,
+            check: None,
             nodes: Vec::new(),
             expectations: Vec::new(),
             error: None,
@@ -215,7 +240,12 @@ pub async fn play(scenario: &Scenario, stage: &mut Stage<'_>) -> ScenarioOutcome
             }
         }
         let acted = Instant::now();
-        record.expectations = expect(step, &groups, stage, acted).await;
+        record.acted_at = Some(testbed_events::Timestamp::now());
+        if !step.expect.is_empty() {
+            let opts = step_options(step, &groups, stage);
+            record.expectations = expect(step, &opts, stage, acted).await;
+            record.check = Some(opts);
+        }
         previous_end = Instant::now();
         outcome.steps.push(record);
     }
@@ -471,16 +501,12 @@ async fn act(
     Ok(acted.iter().map(|c| short(stage, c)).collect())
 }
 
-/// Judges a step's expectations from samples taken every [`SAMPLE_EVERY`] from `acted`.
-async fn expect(
+/// The checker's options for a step's expectations: the run's, with the groups they name.
+fn step_options(
     step: &file::Step,
     groups: &BTreeMap<String, Vec<String>>,
-    stage: &mut Stage<'_>,
-    acted: Instant,
-) -> Vec<ExpectOutcome> {
-    if step.expect.is_empty() {
-        return Vec::new();
-    }
+    stage: &Stage<'_>,
+) -> CheckOptions {
     let mut opts = CheckOptions {
         expect_nodes: None,
         full_mesh: step.expect.iter().any(|e| e.property == Property::FullMesh),
@@ -500,11 +526,22 @@ async fn expect(
             });
         }
     }
+    opts
+}
+
+/// Judges a step's expectations from samples taken every [`SAMPLE_EVERY`] from `acted`: what
+/// paces the timeline. The verdicts are judged again from the saved logs after the run.
+async fn expect(
+    step: &file::Step,
+    opts: &CheckOptions,
+    stage: &mut Stage<'_>,
+    acted: Instant,
+) -> Vec<ExpectOutcome> {
     let mut judges: Vec<Judge> = step.expect.iter().map(|e| Judge::new(e.hold)).collect();
     let mut last_line = String::new();
     while judges.iter().any(|j| !j.done()) {
         let since = acted.elapsed();
-        match stage.reader.check(&opts).await {
+        match stage.reader.check(opts).await {
             Ok(report) => {
                 for (j, e) in judges.iter_mut().zip(&step.expect) {
                     j.observe(since, judge::holds(&e.property, &report));
@@ -548,11 +585,65 @@ async fn expect(
                 hold: hold_text(e.hold),
                 verdict: j.verdict,
                 samples: j.samples,
+                live: None,
             };
-            say(&format!("  {}", expectation_line(&outcome)));
+            say(&format!("  live: {}", expectation_line(&outcome)));
             outcome
         })
         .collect()
+}
+
+/// Judges every expectation again from the run's saved logs, at instants
+/// [`judge::REPLAY_EVERY`] apart from each step's action, in the nodes' own clocks
+/// ([`Instants`]): the live samples are what the reader had read, which under load lags the
+/// network (at N = 300, two samples in two minutes, 273 of 301 running nodes counted). These
+/// verdicts count; the live ones stay beside them. Returns how many verdicts changed.
+pub fn rejudge(
+    outcome: &mut ScenarioOutcome,
+    scenario: &Scenario,
+    logs: &Path,
+) -> Result<usize, SourceError> {
+    let mut walk = Instants::open(logs)?;
+    let starts: Vec<(usize, Option<testbed_events::Timestamp>)> =
+        outcome.steps.iter().map(|s| (s.number, s.at)).collect();
+    let mut changed = 0;
+    for (i, record) in outcome.steps.iter_mut().enumerate() {
+        let (Some(acted), Some(opts)) = (record.acted_at, record.check.as_ref()) else {
+            continue;
+        };
+        let Some(step) = scenario.steps.iter().find(|s| s.number == record.number) else {
+            continue;
+        };
+        let next = starts
+            .get(i + 1)
+            .and_then(|(number, at)| Some((*number, (*at)?)));
+        let holds: Vec<Hold> = step.expect.iter().map(|e| e.hold).collect();
+        let judges = judge::replay(&holds, acted, next, |at| {
+            let report = walk.check_at(at, opts).ok()?;
+            Some(
+                step.expect
+                    .iter()
+                    .map(|e| judge::holds(&e.property, &report))
+                    .collect(),
+            )
+        });
+        for (e, j) in record.expectations.iter_mut().zip(judges) {
+            let live = LiveJudgement {
+                verdict: std::mem::replace(&mut e.verdict, j.verdict),
+                samples: std::mem::replace(&mut e.samples, j.samples),
+            };
+            if live.verdict.passed() != e.verdict.passed() {
+                changed += 1;
+            }
+            e.live = Some(live);
+        }
+    }
+    outcome.passed = outcome.formed
+        && outcome
+            .steps
+            .iter()
+            .all(|s| s.error.is_none() && s.expectations.iter().all(ExpectOutcome::passed));
+    Ok(changed)
 }
 
 fn hold_text(hold: Hold) -> String {
@@ -563,7 +654,7 @@ fn hold_text(hold: Hold) -> String {
 }
 
 fn expectation_line(e: &ExpectOutcome) -> String {
-    match &e.verdict {
+    let line = match &e.verdict {
         Verdict::Pass {
             held_after_s: Some(t),
         } => format!("PASS {} {}: held after {t:.1} s", e.property, e.hold),
@@ -575,6 +666,24 @@ fn expectation_line(e: &ExpectOutcome) -> String {
             reasons.join("\n      ")
         ),
         Verdict::Pending => format!("? {} {}: not judged", e.property, e.hold),
+    };
+    match &e.live {
+        Some(live) if live.verdict.passed() != e.verdict.passed() => format!(
+            "{line}\n      (live, from {} samples as read while it ran: {})",
+            live.samples,
+            match &live.verdict {
+                Verdict::Pass {
+                    held_after_s: Some(t),
+                } => format!("PASS, held after {t:.1} s"),
+                Verdict::Pass { held_after_s: None } => "PASS".into(),
+                Verdict::Fail { at_s, reasons } => format!(
+                    "FAIL at {at_s:.1} s: {}",
+                    reasons.last().map_or("", String::as_str)
+                ),
+                Verdict::Pending => "not judged".into(),
+            }
+        ),
+        _ => line,
     }
 }
 
@@ -686,12 +795,15 @@ mod tests {
                 started_s: 95.0,
                 at: None,
                 took_s: 0.4,
+                acted_at: None,
+                check: None,
                 nodes: vec!["peer_1".into()],
                 expectations: vec![ExpectOutcome {
                     property: "a and b hold each other".into(),
                     hold: "within 2m".into(),
                     verdict,
                     samples: 3,
+                    live: None,
                 }],
                 error: None,
             }],
