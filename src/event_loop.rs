@@ -535,6 +535,21 @@ impl<W: Write> EventLoop<W> {
     }
 }
 
+/// Every routing-table entry of `kad` (its key and addresses), mapped by `f`: the one walk over
+/// the k-buckets, which lend their entries a bucket at a time.
+fn table_entries<T>(
+    kad: &mut kad::Behaviour<kad::store::MemoryStore>,
+    mut f: impl FnMut(&kad::KBucketKey<PeerId>, &kad::Addresses) -> T,
+) -> Vec<T> {
+    let mut out = Vec::new();
+    for bucket in kad.kbuckets() {
+        for entry in bucket.iter() {
+            out.push(f(entry.node.key, entry.node.value));
+        }
+    }
+    out
+}
+
 fn to_strings<'a>(addrs: impl IntoIterator<Item = &'a Multiaddr>) -> Vec<String> {
     addrs.into_iter().map(|a| a.to_string()).collect()
 }

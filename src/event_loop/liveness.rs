@@ -93,7 +93,7 @@ use testbed_events::{Event, Role, WalkTarget};
 use tokio::time::Instant;
 
 use super::maintenance::Query;
-use super::{EventLoop, jittered};
+use super::{EventLoop, jittered, table_entries};
 
 /// A probe waits a random moment of up to this long, so that the two ends of a dropped
 /// connection do not dial each other at the same instant (see rule 2).
@@ -271,17 +271,9 @@ impl<W: Write> EventLoop<W> {
     /// The node's k closest table peers, nearest first.
     pub(super) fn closest_in_table(&mut self) -> Vec<PeerId> {
         let local = KBucketKey::from(*self.swarm.local_peer_id());
-        let mut all: Vec<_> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .flat_map(|b| {
-                b.iter()
-                    .map(|e| (local.distance(e.node.key), *e.node.key.preimage()))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let mut all = table_entries(&mut self.swarm.behaviour_mut().kad, |key, _| {
+            (local.distance(key), *key.preimage())
+        });
         all.sort_unstable();
         all.truncate(kad::K_VALUE.get());
         all.into_iter().map(|(_, p)| p).collect()
@@ -355,13 +347,9 @@ impl<W: Write> EventLoop<W> {
         if self.liveness.sweep_at.is_some_and(|at| at <= now) {
             self.liveness.sweep_at = None;
             self.liveness.last_sweep = Some(now);
-            let peers: Vec<PeerId> = self
-                .swarm
-                .behaviour_mut()
-                .kad
-                .kbuckets()
-                .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-                .collect();
+            let peers = table_entries(&mut self.swarm.behaviour_mut().kad, |key, _| {
+                *key.preimage()
+            });
             tracing::info!(
                 peers = peers.len(),
                 "sweeping the routing table after churn"
@@ -391,22 +379,9 @@ impl<W: Write> EventLoop<W> {
         if !self.liveness.settled || addrs.is_empty() {
             return;
         }
-        let table: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .flat_map(|b| {
-                b.iter()
-                    .map(|e| {
-                        (
-                            *e.node.key.preimage(),
-                            e.node.value.iter().cloned().collect(),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
-            .collect();
+        let table = table_entries(&mut self.swarm.behaviour_mut().kad, |key, addrs| {
+            (*key.preimage(), addrs.iter().cloned().collect::<Vec<_>>())
+        });
         let now = Instant::now();
         for earlier in earlier_identities(&table, peer, addrs) {
             if self.liveness.probes.iter().any(|(_, p)| *p == earlier) {

@@ -12,7 +12,7 @@ use rand::Rng;
 use testbed_events::{BootstrapTrigger, Event, WalkTarget};
 use tokio::time::Instant;
 
-use super::{EventLoop, millis};
+use super::{EventLoop, millis, table_entries};
 
 /// First wait before a walk; doubles per walk up to `--walk-interval`. Joining is when the
 /// network around a node changes most, so walks are frequent then and rare once it settled.
@@ -180,14 +180,7 @@ impl<W: Write> EventLoop<W> {
             // Buckets nearer than the k-th closest peer lie wholly inside the self lookup's
             // reach: every node in them is among the k closest, and the lookup met them. Only
             // the buckets from the k-th closest outwards need refreshing.
-            let mut distances: Vec<_> = kad
-                .kbuckets()
-                .flat_map(|b| {
-                    b.iter()
-                        .map(|e| local.distance(e.node.key))
-                        .collect::<Vec<_>>()
-                })
-                .collect();
+            let mut distances = table_entries(kad, |key, _| local.distance(key));
             distances.sort_unstable();
             let reach = distances
                 .get(kad::K_VALUE.get() - 1)
