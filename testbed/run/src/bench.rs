@@ -15,6 +15,7 @@ use testbed_check::{CheckOptions, Source, read_and_check};
 
 use crate::compose::Compose;
 use crate::run::{self, RunOutcome, RunSpec};
+use crate::stats::median;
 use crate::{ImageArgs, build_image, commit, engine, host, names, parse_duration, root};
 
 #[derive(Debug, Clone, Args)]
@@ -639,10 +640,6 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
     }
 }
 
-fn median(sorted: &[f64]) -> Option<f64> {
-    (!sorted.is_empty()).then(|| sorted[sorted.len() / 2])
-}
-
 async fn machine(docker: &testbed_docker::bollard::Docker, compose: &Compose) -> Machine {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let cpu = cpuinfo
@@ -833,8 +830,10 @@ fn markdown(b: &Benchmarks) -> String {
         out.push_str(
             "## Scenarios\n\n`bench --scenario compose/scenarios/<name>.toml --peers N`: the \
              scenario's timeline played on N peers (its own `peers` replaced), judged as `up \
-             --scenario` judges it. One line per expectation; *held after* is from its step until \
-             the property first held (the healing time), for `within` expectations.\n\n\
+             --scenario` judges it. One line per expectation; *held after* is from its step's \
+             action until the property first held (the healing time), for `within` expectations: \
+             judged from the saved logs at every second in the nodes' own clocks (rows up to \
+             `a113218` from the live samples, every ~2 s as the reader had the logs).\n\n\
              | scenario | peers | commit | run passed | step | action | expectation | held | held after (s) |\n\
              |---|---:|---|:---:|---:|---|---|:---:|---:|\n",
         );

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 
+use crate::stats::{self, wilson};
+
 #[derive(Debug, Clone, Args)]
 pub struct FlakyArgs {
     /// How many times to run the command.
@@ -188,57 +190,19 @@ fn summarize(args: &FlakyArgs, runs: &[Run]) -> String {
 
 /// `median … p95 … max … (n values)`.
 fn spread(values: &[f64]) -> String {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        return "no values".to_string();
+    let v = stats::sorted(values);
+    match (stats::median(&v), stats::quantile(&v, 0.95), v.last()) {
+        (Some(median), Some(p95), Some(max)) => format!(
+            "median {median:.1}, p95 {p95:.1}, max {max:.1} ({} values)",
+            v.len()
+        ),
+        _ => "no values".to_string(),
     }
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    format!(
-        "median {:.1}, p95 {:.1}, max {:.1} ({} values)",
-        at(0.5),
-        at(0.95),
-        v[v.len() - 1],
-        v.len()
-    )
-}
-
-/// The Wilson score interval for `passed` of `n` at 95 % confidence: unlike the normal
-/// approximation it stays inside 0–1 and says something at 20 of 20.
-pub fn wilson(passed: usize, n: usize) -> (f64, f64) {
-    if n == 0 {
-        return (0.0, 1.0);
-    }
-    let z = 1.96_f64;
-    let n = n as f64;
-    let p = passed as f64 / n;
-    let centre = p + z * z / (2.0 * n);
-    let margin = z * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
-    let denom = 1.0 + z * z / n;
-    (
-        ((centre - margin) / denom).max(0.0),
-        ((centre + margin) / denom).min(1.0),
-    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn wilson_matches_published_values() {
-        // 20 of 20: the interval's lower end is 83.9 % (Wilson 1927; any table of the score
-        // interval), not the 100 % a plain ratio suggests.
-        let (lo, hi) = wilson(20, 20);
-        assert!((lo - 0.839).abs() < 0.001, "{lo}");
-        assert!((hi - 1.0).abs() < 1e-9);
-        let (lo, hi) = wilson(5, 10);
-        assert!(
-            (lo - 0.237).abs() < 0.001 && (hi - 0.763).abs() < 0.001,
-            "{lo} {hi}"
-        );
-        assert_eq!(wilson(0, 0), (0.0, 1.0));
-    }
 
     #[test]
     fn numbers_follow_their_phrase() {

@@ -10,8 +10,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use testbed_check::verdict::{PropertyId, Status};
 
-use crate::flaky::wilson;
 use crate::run::RunOutcome;
+use crate::stats::{self, wilson};
 
 /// One line of `runs/history.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -96,10 +96,8 @@ pub fn read(root: &Path) -> anyhow::Result<(Vec<Entry>, usize)> {
 
 /// Median and p95 of `values` (nearest rank), `None` when empty.
 fn p50_p95(values: &[f64]) -> Option<(f64, f64)> {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (!v.is_empty()).then(|| (at(0.5), at(0.95)))
+    let v = stats::sorted(values);
+    Some((stats::median(&v)?, stats::quantile(&v, 0.95)?))
 }
 
 fn seconds(v: Option<(f64, f64)>) -> String {

@@ -32,6 +32,7 @@ mod host;
 mod image;
 mod run;
 mod scenario;
+mod stats;
 mod swarm;
 
 use std::path::{Path, PathBuf};
