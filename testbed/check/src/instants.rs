@@ -7,9 +7,12 @@
 //! judges them with [`crate::verdict::check`], as `testbed-check --at` does for one instant.
 //!
 //! Each node's events are in time order in its own file, so walking forward only reads on: a
-//! file's first event past the instant waits for a later one. Going back starts over.
+//! file's first event past the instant waits for a later one. Going back starts over. Files are
+//! opened only while read (at their offset), so a run of thousands of nodes needs no more open
+//! files than a small one.
 
 use std::fs::File;
+use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use testbed_events::{ParsedLine, Timestamp, parse_line};
@@ -39,8 +42,10 @@ impl std::fmt::Debug for Instants {
 
 /// One log file, read up to the current instant.
 struct Cursor {
+    path: PathBuf,
     name: String,
-    lines: Lines<File>,
+    /// Bytes read so far.
+    offset: u64,
     /// Its first event after the current instant (with the node it belongs to).
     held: Option<(String, String, ParsedLine)>,
     ended: bool,
@@ -51,19 +56,14 @@ impl Instants {
     pub fn open(path: &Path) -> Result<Self, SourceError> {
         let files = log_files(path)?
             .into_iter()
-            .map(|file| {
-                let f = File::open(&file).map_err(|source| SourceError::Io {
-                    path: file.display().to_string(),
-                    source,
-                })?;
-                Ok(Cursor {
-                    name: node_name(&file),
-                    lines: Lines::new(&file.display().to_string(), f),
-                    held: None,
-                    ended: false,
-                })
+            .map(|file| Cursor {
+                name: node_name(&file),
+                path: file,
+                offset: 0,
+                held: None,
+                ended: false,
             })
-            .collect::<Result<_, SourceError>>()?;
+            .collect();
         Ok(Self {
             path: path.to_owned(),
             files,
@@ -106,8 +106,19 @@ impl Cursor {
             }
             ingest.push_parsed(&node, &line, Ok(parsed));
         }
-        while !self.ended {
-            let Some(line) = self.lines.next_line()? else {
+        if self.ended {
+            return Ok(());
+        }
+        let io = |source| SourceError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut file = File::open(&self.path).map_err(io)?;
+        file.seek(SeekFrom::Start(self.offset)).map_err(io)?;
+        // A second of a node's log is a few KB: a small buffer reads little past the instant.
+        let mut lines = Lines::with_capacity(&self.path.display().to_string(), file, 16 * 1024);
+        loop {
+            let Some(line) = lines.next_line()? else {
                 self.ended = true;
                 break;
             };
@@ -122,6 +133,7 @@ impl Cursor {
                 parsed => ingest.push_parsed(node, rest, parsed),
             }
         }
+        self.offset += lines.consumed();
         Ok(())
     }
 }

@@ -354,15 +354,28 @@ pub(crate) struct Lines<R> {
     name: String,
     reader: BufReader<R>,
     buf: Vec<u8>,
+    /// Bytes of the lines returned so far.
+    consumed: u64,
 }
 
 impl<R: Read> Lines<R> {
     pub(crate) fn new(name: &str, reader: R) -> Self {
+        Self::with_capacity(name, reader, 256 * 1024)
+    }
+
+    /// With a read buffer of `capacity` bytes: small for a reader that reads a little at a time.
+    pub(crate) fn with_capacity(name: &str, reader: R, capacity: usize) -> Self {
         Self {
             name: name.to_owned(),
-            reader: BufReader::with_capacity(256 * 1024, reader),
+            reader: BufReader::with_capacity(capacity, reader),
             buf: Vec::with_capacity(4096),
+            consumed: 0,
         }
+    }
+
+    /// How many bytes the lines returned so far took, line ends included.
+    pub(crate) fn consumed(&self) -> u64 {
+        self.consumed
     }
 
     /// The next line, or `None` at the end.
@@ -378,6 +391,7 @@ impl<R: Read> Lines<R> {
         if n == 0 {
             return Ok(None);
         }
+        self.consumed += n as u64;
         let line = match String::from_utf8_lossy(&self.buf) {
             Cow::Borrowed(text) => Cow::Borrowed(text.trim_end_matches(['\n', '\r'])),
             Cow::Owned(text) => Cow::Owned(text.trim_end_matches(['\n', '\r']).to_owned()),

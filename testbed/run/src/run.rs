@@ -413,13 +413,23 @@ fn rejudge_scenario(outcome: &mut RunOutcome, run_dir: &Path, spec: &RunSpec) {
     if !played.formed || outcome.log_bytes == 0 {
         return;
     }
-    say("judging the scenario's expectations from the saved logs, second by second");
-    match scenario::rejudge(played, scenario, &run_dir.join("logs")) {
-        Ok(0) => {}
-        Ok(n) => eprintln!(
-            "testbed: {n} expectation verdicts from the saved logs differ from the live ones; \
-             the saved ones count (both are in scenario.txt)"
-        ),
+    let end = outcome.checked_at.or(outcome.shutdown_began);
+    let began = Instant::now();
+    match scenario::rejudge(played, scenario, &run_dir.join("logs"), end) {
+        Ok(done) => {
+            say(&format!(
+                "scenario judged from the saved logs: {} instants, second by second, in {:.1} s",
+                done.instants,
+                began.elapsed().as_secs_f64()
+            ));
+            if done.changed > 0 {
+                say(&format!(
+                    "{} expectation verdicts from the saved logs differ from the live ones; \
+                     the saved ones count (both are in scenario.txt)",
+                    done.changed
+                ));
+            }
+        }
         Err(e) => {
             let problem = format!(
                 "cannot judge the scenario from the saved logs ({e}); the live verdicts stand"

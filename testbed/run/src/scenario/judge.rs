@@ -150,14 +150,14 @@ impl Judge {
 }
 
 /// Judges expectations (their `holds`) again over instants [`REPLAY_EVERY`] apart from `acted`
-/// (the step's action done), up to each deadline but not past `next` (when the next step began:
-/// later instants would judge its fault instead). `held(at)` says, per expectation, whether it
-/// held at that instant (`None`: the logs could not be judged then). Returns one decided judge
-/// per expectation.
+/// (the step's action done), up to each deadline but not past `next`: what came next, and when
+/// (the next step, whose fault later instants would judge instead, or the run's end).
+/// `held(at)` says, per expectation, whether it held at that instant (`None`: the logs could not
+/// be judged then). Returns one decided judge per expectation.
 pub fn replay(
     holds: &[Hold],
     acted: Timestamp,
-    next: Option<(usize, Timestamp)>,
+    next: Option<(&str, Timestamp)>,
     mut held: impl FnMut(Timestamp) -> Option<Vec<Result<(), Vec<String>>>>,
 ) -> Vec<Judge> {
     let mut judges: Vec<Judge> = holds.iter().map(|h| Judge::new(*h)).collect();
@@ -165,9 +165,9 @@ pub fn replay(
     while judges.iter().any(|j| !j.done()) {
         let at =
             Timestamp(acted.as_millis() + u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        if let Some((number, began)) = next.filter(|(_, began)| at > *began) {
+        if let Some((what, began)) = next.filter(|(_, began)| at > *began) {
             let why = format!(
-                "step {number} began {:.1} s after this one acted, before this was decided",
+                "{what} began {:.1} s after this step acted, before this was decided",
                 began.millis_since(acted) as f64 / 1000.0
             );
             for j in &mut judges {
@@ -352,13 +352,13 @@ mod tests {
         let judges = replay(
             &[Hold::Within(s(60)), Hold::Throughout(s(30))],
             at(0),
-            Some((3, at(5_000))),
+            Some(("step 3", at(5_000))),
             |_| Some(vec![no(), Ok(())]),
         );
         for j in &judges {
             assert!(
                 matches!(&j.verdict, Verdict::Fail { at_s, reasons }
-                    if *at_s == 6.0 && reasons[0].starts_with("step 3 began 5.0 s after")),
+                    if *at_s == 6.0 && reasons[0].starts_with("step 3 began 5.0 s after this step")),
                 "{:?}",
                 j.verdict
             );

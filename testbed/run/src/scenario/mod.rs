@@ -597,16 +597,24 @@ async fn expect(
 /// [`judge::REPLAY_EVERY`] apart from each step's action, in the nodes' own clocks
 /// ([`Instants`]): the live samples are what the reader had read, which under load lags the
 /// network (at N = 300, two samples in two minutes, 273 of 301 running nodes counted). These
-/// verdicts count; the live ones stay beside them. Returns how many verdicts changed.
+/// verdicts count; the live ones stay beside them. `end` is when the scenario was over (the
+/// run's own check, or its shutdown): no instant after it is judged.
 pub fn rejudge(
     outcome: &mut ScenarioOutcome,
     scenario: &Scenario,
     logs: &Path,
-) -> Result<usize, SourceError> {
+    end: Option<testbed_events::Timestamp>,
+) -> Result<Rejudged, SourceError> {
     let mut walk = Instants::open(logs)?;
-    let starts: Vec<(usize, Option<testbed_events::Timestamp>)> =
-        outcome.steps.iter().map(|s| (s.number, s.at)).collect();
-    let mut changed = 0;
+    // What follows each step, and when: the next step, or the end of the scenario.
+    let mut follows: Vec<(String, Option<testbed_events::Timestamp>)> = outcome
+        .steps
+        .iter()
+        .skip(1)
+        .map(|s| (format!("step {}", s.number), s.at))
+        .collect();
+    follows.push(("the end of the scenario".into(), end));
+    let mut done = Rejudged::default();
     for (i, record) in outcome.steps.iter_mut().enumerate() {
         let (Some(acted), Some(opts)) = (record.acted_at, record.check.as_ref()) else {
             continue;
@@ -614,11 +622,12 @@ pub fn rejudge(
         let Some(step) = scenario.steps.iter().find(|s| s.number == record.number) else {
             continue;
         };
-        let next = starts
-            .get(i + 1)
-            .and_then(|(number, at)| Some((*number, (*at)?)));
+        let next = follows
+            .get(i)
+            .and_then(|(what, at)| Some((what.as_str(), (*at)?)));
         let holds: Vec<Hold> = step.expect.iter().map(|e| e.hold).collect();
         let judges = judge::replay(&holds, acted, next, |at| {
+            done.instants += 1;
             let report = walk.check_at(at, opts).ok()?;
             Some(
                 step.expect
@@ -633,7 +642,7 @@ pub fn rejudge(
                 samples: std::mem::replace(&mut e.samples, j.samples),
             };
             if live.verdict.passed() != e.verdict.passed() {
-                changed += 1;
+                done.changed += 1;
             }
             e.live = Some(live);
         }
@@ -643,7 +652,16 @@ pub fn rejudge(
             .steps
             .iter()
             .all(|s| s.error.is_none() && s.expectations.iter().all(ExpectOutcome::passed));
-    Ok(changed)
+    Ok(done)
+}
+
+/// What [`rejudge`] did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rejudged {
+    /// Instants judged, over all steps.
+    pub instants: usize,
+    /// Expectations whose verdict differs from the live one.
+    pub changed: usize,
 }
 
 fn hold_text(hold: Hold) -> String {
