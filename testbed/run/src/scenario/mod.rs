@@ -798,6 +798,9 @@ fn say(message: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use testbed_events::{
+        Envelope, Event, NodeStarted, Role, SCHEMA_VERSION, SnapshotReason, TableEntry,
+    };
 
     fn outcome(verdict: Verdict) -> ScenarioOutcome {
         ScenarioOutcome {
@@ -828,6 +831,138 @@ mod tests {
             faults_applied: Vec::new(),
             killed: Vec::new(),
         }
+    }
+
+    const A: &str = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+    const B: &str = "12D3KooWPjceQrSwdWXPyLLeABRXmuqt69Rg3sBYbU1Nft9HyQ6X";
+    const C: &str = "12D3KooWGFMmCGJH8bSxrSX5ZZNPjcq64UcwpweWZVBx31uiP7C4";
+
+    fn ts(s: u32) -> testbed_events::Timestamp {
+        testbed_events::Timestamp::parse_rfc3339(&format!("2026-11-25T10:00:{s:02}.000Z"))
+            .expect("a timestamp")
+    }
+
+    /// One log line at 10:00:`s`, written through the event contract.
+    fn line(s: u32, event: Event) -> String {
+        Envelope {
+            v: SCHEMA_VERSION,
+            ts: ts(s),
+            event,
+        }
+        .to_line()
+    }
+
+    fn started(id: &str, s: u32) -> String {
+        line(
+            s,
+            Event::NodeStarted(NodeStarted {
+                peer_id: id.into(),
+                role: Role::Peer,
+                listen_addrs: Vec::new(),
+                bootstrap: Vec::new(),
+                agent_version: String::new(),
+                kad_protocol: String::new(),
+                heartbeat_ms: None,
+            }),
+        )
+    }
+
+    fn table(s: u32, peers: &[&str]) -> String {
+        let peers: Vec<TableEntry> = peers
+            .iter()
+            .map(|p| TableEntry {
+                peer_id: (*p).into(),
+                bucket: 255,
+            })
+            .collect();
+        line(
+            s,
+            Event::RoutingTable {
+                reason: SnapshotReason::Changed,
+                size: peers.len(),
+                peers,
+                crawled: None,
+            },
+        )
+    }
+
+    /// A saved run whose node c has an empty table until 10:00:09, and a scenario with one step
+    /// (acted at 10:00:02) expecting every table to hold a peer within 10 s, which the live
+    /// judge failed.
+    fn saved_run() -> (tempfile::TempDir, Scenario, ScenarioOutcome) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir(&logs).expect("mkdir");
+        for (name, lines) in [
+            ("a", vec![started(A, 0), table(1, &[B]), table(5, &[B, C])]),
+            ("b", vec![started(B, 0), table(1, &[A]), table(5, &[A, C])]),
+            (
+                "c",
+                vec![started(C, 0), table(9, &[A, B]), table(30, &[A, B])],
+            ),
+        ] {
+            std::fs::write(logs.join(format!("{name}.log")), lines.join("\n")).expect("write");
+        }
+        let scenario = file::parse(
+            Path::new("x.toml"),
+            "peers = 2\n[[step]]\nat = \"1s\"\naction = \"wait\"\n\
+             expect = [{ property = \"tables\", within = \"10s\" }]\n",
+        )
+        .expect("a scenario");
+        let mut played = outcome(Verdict::Fail {
+            at_s: 10.0,
+            reasons: vec!["did not hold within 10s".into(), "c: no live peer".into()],
+        });
+        played.steps[0].number = 1;
+        played.steps[0].acted_at = Some(ts(2));
+        played.steps[0].check = Some(CheckOptions::default());
+        (dir, scenario, played)
+    }
+
+    #[test]
+    fn the_saved_logs_judge_each_second_from_the_action_and_their_verdict_counts() {
+        let (dir, scenario, mut played) = saved_run();
+        let done = rejudge(
+            &mut played,
+            &scenario,
+            &dir.path().join("logs"),
+            Some(ts(40)),
+        )
+        .expect("judged");
+        // c's table filled at 10:00:09: 7 s after the action, the eighth instant judged.
+        assert_eq!((done.instants, done.changed), (8, 1));
+        let e = &played.steps[0].expectations[0];
+        assert_eq!(
+            e.verdict,
+            Verdict::Pass {
+                held_after_s: Some(7.0)
+            }
+        );
+        assert!(played.passed);
+        assert_eq!(played.failure_code(), None);
+        let text = human(&played);
+        assert!(
+            text.contains("held after 7.0 s\n      (live, from 3 samples as read while it ran: FAIL at 10.0 s: c: no live peer)"),
+            "{text}"
+        );
+
+        // The scenario ended 5 s after the action: what had not held by then fails, and says so.
+        let (dir, scenario, mut played) = saved_run();
+        rejudge(
+            &mut played,
+            &scenario,
+            &dir.path().join("logs"),
+            Some(ts(7)),
+        )
+        .expect("judged");
+        let e = &played.steps[0].expectations[0];
+        assert!(
+            matches!(&e.verdict, Verdict::Fail { reasons, .. }
+                if reasons[0].starts_with("the end of the scenario began 5.0 s after this step")),
+            "{:?}",
+            e.verdict
+        );
+        assert_eq!(played.failure_code(), Some(1));
     }
 
     #[test]
