@@ -151,7 +151,8 @@ impl Judge {
 
 /// Judges expectations (their `holds`) again over instants [`REPLAY_EVERY`] apart from `acted`
 /// (the step's action done), up to each deadline but not past `next`: what came next, and when
-/// (the next step, whose fault later instants would judge instead, or the run's end).
+/// (the next step, whose fault later instants would judge instead, or the run's end). That
+/// moment itself is the last instant judged; a judge still pending then fails, saying so.
 /// `held(at)` says, per expectation, whether it held at that instant (`None`: the logs could not
 /// be judged then). Returns one decided judge per expectation.
 pub fn replay(
@@ -163,17 +164,15 @@ pub fn replay(
     let mut judges: Vec<Judge> = holds.iter().map(|h| Judge::new(*h)).collect();
     let mut since = Duration::ZERO;
     while judges.iter().any(|j| !j.done()) {
-        let at =
+        let mut at =
             Timestamp(acted.as_millis() + u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
-        if let Some((what, began)) = next.filter(|(_, began)| at > *began) {
-            let why = format!(
-                "{what} began {:.1} s after this step acted, before this was decided",
-                began.millis_since(acted) as f64 / 1000.0
-            );
-            for j in &mut judges {
-                j.cut_short(since, why.clone());
-            }
-            break;
+        // The last instant is the one just before what came next: the live judge decided on
+        // what its reader had by then, so a property that held for it is seen to hold here
+        // too, even when it first held less than a second before.
+        let last = next.filter(|(_, began)| at >= *began);
+        if let Some((_, began)) = last {
+            at = began;
+            since = Duration::from_millis(began.millis_since(acted));
         }
         match held(at) {
             Some(results) => {
@@ -186,6 +185,16 @@ pub fn replay(
                     j.tick(since);
                 }
             }
+        }
+        if let Some((what, _)) = last {
+            let why = format!(
+                "{what} began {:.1} s after this step acted, before this was decided",
+                since.as_secs_f64()
+            );
+            for j in &mut judges {
+                j.cut_short(since, why.clone());
+            }
+            break;
         }
         since += REPLAY_EVERY;
     }
@@ -348,21 +357,40 @@ mod tests {
 
     #[test]
     fn a_replay_stops_where_the_next_step_began() {
-        // Step 3 began 5 s after this step acted; it never held before that.
+        // Step 3 began 5.3 s after this step acted; it never held before that.
+        let mut asked = Vec::new();
         let judges = replay(
             &[Hold::Within(s(60)), Hold::Throughout(s(30))],
             at(0),
-            Some(("step 3", at(5_000))),
-            |_| Some(vec![no(), Ok(())]),
+            Some(("step 3", at(5_300))),
+            |t| {
+                asked.push(t.millis_since(at(0)));
+                Some(vec![no(), Ok(())])
+            },
         );
+        assert_eq!(asked, vec![0, 1_000, 2_000, 3_000, 4_000, 5_000, 5_300]);
         for j in &judges {
             assert!(
                 matches!(&j.verdict, Verdict::Fail { at_s, reasons }
-                    if *at_s == 6.0 && reasons[0].starts_with("step 3 began 5.0 s after this step")),
+                    if *at_s == 5.3 && reasons[0].starts_with("step 3 began 5.3 s after this step")),
                 "{:?}",
                 j.verdict
             );
         }
+        // What first held in the last second before the next step (when the live judge saw it
+        // and moved on) holds at the instant that step began.
+        let judges = replay(
+            &[Hold::Within(s(60))],
+            at(0),
+            Some(("step 3", at(8_300))),
+            |t| Some(vec![if t >= at(8_100) { Ok(()) } else { no() }]),
+        );
+        assert_eq!(
+            judges[0].verdict,
+            Verdict::Pass {
+                held_after_s: Some(8.3)
+            }
+        );
         // Unreadable logs to the deadline: a failure, never a pass.
         let unread = replay(&[Hold::Throughout(s(3))], at(0), None, |_| None);
         assert!(matches!(unread[0].verdict, Verdict::Fail { .. }));
