@@ -540,8 +540,11 @@ async fn expect(
     let mut judges: Vec<Judge> = step.expect.iter().map(|e| Judge::new(e.hold)).collect();
     let mut last_line = String::new();
     while judges.iter().any(|j| !j.done()) {
+        let read = stage.reader.check(opts).await;
+        // Timed when the read ended: it holds what the nodes logged until then (at N = 300 a
+        // read took ~5 s, and timing it from its start credited that to the earlier instant).
         let since = acted.elapsed();
-        match stage.reader.check(opts).await {
+        match read {
             Ok(report) => {
                 for (j, e) in judges.iter_mut().zip(&step.expect) {
                     j.observe(since, judge::holds(&e.property, &report));
