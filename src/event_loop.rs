@@ -11,7 +11,8 @@
 //! * `maintenance.rs`: the join (Kademlia bootstrap: self lookup, bucket refreshes), the settling
 //!   self lookup, walks, and cancelling libp2p-kad's own bootstraps.
 //! * `admission.rs`: who may enter a k-bucket — the node's most unusual rule, as a pure function
-//!   with its unit tests — and looking up a close peer that came without an address.
+//!   with its unit tests — and looking up a close peer that came without an address (one at a
+//!   time, after the join).
 //! * `liveness.rs`: healing — watching the k closest, removing dead entries, replacing a lost
 //!   closest peer.
 //! * `snapshots.rs`: routing-table snapshots and the health file.
@@ -224,7 +225,7 @@ impl<W: Write> EventLoop<W> {
             .chain(self.next_walk)
             .chain(self.next_bootstrap)
             .chain(self.rejoin.at)
-            .chain(self.peer_lookups.next())
+            .chain(self.peer_lookups.next(self.peer_lookup_running()))
             .chain(self.liveness.deadlines())
             .fold(heartbeat, Instant::min)
     }

@@ -379,11 +379,16 @@ impl<W: Write> EventLoop<W> {
         if !self.liveness.settled || addrs.is_empty() {
             return;
         }
-        let table = table_entries(&mut self.swarm.behaviour_mut().kad, |key, addrs| {
-            (*key.preimage(), addrs.iter().cloned().collect::<Vec<_>>())
-        });
+        let earlier: Vec<PeerId> =
+            table_entries(&mut self.swarm.behaviour_mut().kad, |key, listed| {
+                let entry = *key.preimage();
+                is_earlier_identity(entry, listed.iter(), peer, addrs).then_some(entry)
+            })
+            .into_iter()
+            .flatten()
+            .collect();
         let now = Instant::now();
-        for earlier in earlier_identities(&table, peer, addrs) {
+        for earlier in earlier {
             if self.liveness.probes.iter().any(|(_, p)| *p == earlier) {
                 continue;
             }
@@ -662,26 +667,20 @@ pub(super) fn dial_verdict(error: &DialError) -> DialVerdict {
     }
 }
 
-/// The table peers other than `peer` listed at one of `addrs` (rule 6), comparing addresses
+/// Whether the table peer `entry`, listed at `listed`, is an earlier identity of `peer`, which
+/// was identified at `addrs` (rule 6): another peer at one of the same addresses, compared
 /// without a trailing `/p2p/…`.
-fn earlier_identities(
-    table: &[(PeerId, Vec<Multiaddr>)],
+fn is_earlier_identity<'a>(
+    entry: PeerId,
+    mut listed: impl Iterator<Item = &'a Multiaddr>,
     peer: PeerId,
     addrs: &[Multiaddr],
-) -> Vec<PeerId> {
-    let bare = |a: &Multiaddr| {
-        let mut a = a.clone();
-        if matches!(a.iter().last(), Some(libp2p::multiaddr::Protocol::P2p(_))) {
-            a.pop();
-        }
-        a
-    };
-    let claimed: Vec<Multiaddr> = addrs.iter().map(bare).collect();
-    table
-        .iter()
-        .filter(|(p, listed)| *p != peer && listed.iter().any(|a| claimed.contains(&bare(a))))
-        .map(|(p, _)| *p)
-        .collect()
+) -> bool {
+    fn bare(a: &Multiaddr) -> impl Iterator<Item = libp2p::multiaddr::Protocol<'_>> {
+        a.iter()
+            .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+    }
+    entry != peer && listed.any(|l| addrs.iter().any(|a| bare(l).eq(bare(a))))
 }
 
 /// How libp2p's transport timeout reads (measured in containers: about half the dials to a
@@ -718,18 +717,24 @@ mod tests {
         let (old, new, other) = (PeerId::random(), PeerId::random(), PeerId::random());
         let at = |ip: &str| -> Multiaddr { format!("/ip4/{ip}/tcp/4001").parse().expect("addr") };
         let with_id = at("172.18.0.5").with(libp2p::multiaddr::Protocol::P2p(old));
-        let table = vec![
+        let table = [
             (old, vec![with_id]),
             (other, vec![at("172.18.0.6")]),
             (new, vec![at("172.18.0.5")]),
         ];
-        assert_eq!(
-            earlier_identities(&table, new, &[at("172.18.0.5")]),
-            vec![old]
-        );
-        assert!(earlier_identities(&table, new, &[at("172.18.0.7")]).is_empty());
+        let earlier = |peer: PeerId, addrs: &[Multiaddr]| -> Vec<PeerId> {
+            table
+                .iter()
+                .filter(|(entry, listed)| is_earlier_identity(*entry, listed.iter(), peer, addrs))
+                .map(|(entry, _)| *entry)
+                .collect()
+        };
+        assert_eq!(earlier(new, &[at("172.18.0.5")]), vec![old]);
+        assert!(earlier(new, &[at("172.18.0.7")]).is_empty());
         // A peer identified again at its own address names nothing.
-        assert!(earlier_identities(&table, other, &[at("172.18.0.6")]).is_empty());
+        assert!(earlier(other, &[at("172.18.0.6")]).is_empty());
+        // Another port at the same IP is another process.
+        assert!(earlier(new, &["/ip4/172.18.0.5/tcp/4002".parse().expect("addr")]).is_empty());
     }
 
     #[test]

@@ -129,6 +129,16 @@ impl ScenarioOutcome {
         }
     }
 
+    /// Whether the network formed, every step was done, and every expectation held: what
+    /// `passed` says once the steps ran, and again once they were judged from the saved logs.
+    fn all_held(&self) -> bool {
+        self.formed
+            && self
+                .steps
+                .iter()
+                .all(|s| s.error.is_none() && s.expectations.iter().all(ExpectOutcome::passed))
+    }
+
     /// 1 if an expectation failed or the network never formed, 2 if a step could not be done.
     pub fn failure_code(&self) -> Option<u8> {
         if self.steps.iter().any(|s| s.error.is_some()) {
@@ -249,10 +259,7 @@ pub async fn play(scenario: &Scenario, stage: &mut Stage<'_>) -> ScenarioOutcome
         previous_end = Instant::now();
         outcome.steps.push(record);
     }
-    outcome.passed = outcome
-        .steps
-        .iter()
-        .all(|s| s.error.is_none() && s.expectations.iter().all(ExpectOutcome::passed));
+    outcome.passed = outcome.all_held();
     outcome
 }
 
@@ -650,11 +657,7 @@ pub fn rejudge(
             e.live = Some(live);
         }
     }
-    outcome.passed = outcome.formed
-        && outcome
-            .steps
-            .iter()
-            .all(|s| s.error.is_none() && s.expectations.iter().all(ExpectOutcome::passed));
+    outcome.passed = outcome.all_held();
     Ok(done)
 }
 
