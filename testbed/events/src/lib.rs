@@ -484,6 +484,12 @@ pub fn parse_line(line: &str) -> Result<ParsedLine, ParseError> {
     if !line.starts_with('{') {
         return Err(ParseError::NotJson);
     }
+    if let Some(envelope) = routing_table_line(line) {
+        return Ok(ParsedLine {
+            envelope,
+            newer_version: false,
+        });
+    }
     match serde_json::from_str::<Envelope>(line) {
         Ok(envelope) => {
             let newer_version = envelope.v > SCHEMA_VERSION;
@@ -512,12 +518,111 @@ pub fn parse_line(line: &str) -> Result<ParsedLine, ParseError> {
     }
 }
 
+/// A `routing_table` line of this schema version, read straight into its fields: `None` for any
+/// other line, or one that does not read so, which [`parse_line`] then reads the general way.
+///
+/// Tables are nearly all of a log's bytes, and the general way is slow for them: the flattened,
+/// internally tagged [`Envelope`] makes serde copy every field of the line into an owned tree
+/// first, then read the event from that tree. Measured on the saved logs of a 1000-node run
+/// (1.05 GB), the checker took 2.8 s, most of it allocating and freeing.
+fn routing_table_line(line: &str) -> Option<Envelope> {
+    /// The tag, which must say `routing_table`.
+    #[derive(Deserialize)]
+    enum Tag {
+        #[serde(rename = "routing_table")]
+        RoutingTable,
+    }
+    #[derive(Deserialize)]
+    struct Line {
+        v: u32,
+        ts: Timestamp,
+        #[serde(rename = "type")]
+        _tag: Tag,
+        reason: SnapshotReason,
+        size: usize,
+        peers: Vec<TableEntry>,
+        #[serde(default)]
+        crawled: Option<Crawled>,
+    }
+    if !line.contains(r#""type":"routing_table""#) {
+        return None;
+    }
+    let l: Line = serde_json::from_str(line).ok()?;
+    (l.v <= SCHEMA_VERSION).then_some(Envelope {
+        v: l.v,
+        ts: l.ts,
+        event: Event::RoutingTable {
+            reason: l.reason,
+            size: l.size,
+            peers: l.peers,
+            crawled: l.crawled,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn peer() -> String {
         "12D3KooWGFMmCGJH8bSxrSX5ZZNPjcq64UcwpweWZVBx31uiP7C4".to_owned()
+    }
+
+    /// The fast path for tables ([`routing_table_line`]) reads what the general one reads, and
+    /// leaves every line it cannot read to it.
+    #[test]
+    fn a_routing_table_reads_the_same_on_the_fast_path() {
+        let entry = |bucket| TableEntry {
+            peer_id: peer(),
+            bucket,
+        };
+        let crawled = Crawled {
+            peer_id: peer(),
+            addr: Some("/ip4/10.0.0.2/tcp/4001".into()),
+            agent_version: None,
+            requests: 4,
+            complete: true,
+        };
+        let mut lines: Vec<String> = [
+            (SnapshotReason::Changed, vec![entry(255), entry(250)], None),
+            (SnapshotReason::Shutdown, vec![], None),
+            (SnapshotReason::Crawl, vec![entry(3)], Some(crawled)),
+        ]
+        .into_iter()
+        .map(|(reason, peers, crawled)| {
+            Envelope::now(Event::RoutingTable {
+                reason,
+                size: peers.len(),
+                peers,
+                crawled,
+            })
+            .to_line()
+        })
+        .collect();
+        // Another writer's order, and fields this reader does not know.
+        lines.push(
+            r#"{"peers":[{"bucket":3,"peer_id":"p","rtt":1}],"type":"routing_table","size":1,"reason":"heartbeat","ts":"2026-11-25T10:00:00.012Z","v":1,"extra":[1,{"a":2}]}"#
+                .into(),
+        );
+        for line in &lines {
+            let general: Envelope = serde_json::from_str(line).expect("general");
+            assert_eq!(routing_table_line(line).as_ref(), Some(&general), "{line}");
+            let parsed = parse_line(line).expect("parses");
+            assert_eq!((parsed.envelope, parsed.newer_version), (general, false));
+        }
+        // Left to the general way: a newer version (which says so), a table that does not read,
+        // and other events.
+        let newer = lines[0].replacen(r#""v":1"#, r#""v":2"#, 1);
+        assert!(routing_table_line(&newer).is_none());
+        assert!(parse_line(&newer).expect("newer parses").newer_version);
+        let broken = r#"{"v":1,"ts":"2026-11-25T10:00:00.012Z","type":"routing_table","reason":"changed","size":1,"peers":[{"peer_id":"p"}]}"#;
+        assert!(routing_table_line(broken).is_none());
+        assert!(matches!(parse_line(broken), Err(ParseError::NotAnEvent(_))));
+        let other = Envelope::now(Event::ListenAddr {
+            addr: "/ip4/10.0.0.1/tcp/4001".into(),
+        })
+        .to_line();
+        assert!(routing_table_line(&other).is_none());
     }
 
     #[test]
