@@ -170,8 +170,9 @@ impl<W: Write> EventLoop<W> {
         })
     }
 
-    /// Whether this node's own join has yet to finish: a peer before its first bootstrap ended
-    /// answered, or while a join is tried again.
+    /// Whether this node's own join has yet to finish: it is a joiner that has not reached a
+    /// bootstrap node yet, or whose initial bootstrap still runs, or whose join no peer answered
+    /// and will be tried again.
     fn joining(&self) -> bool {
         self.role == Role::Peer
             && (!self.joined
