@@ -225,7 +225,7 @@ impl<W: Write> EventLoop<W> {
             .chain(self.next_walk)
             .chain(self.next_bootstrap)
             .chain(self.rejoin.at)
-            .chain(self.peer_lookups.next(self.peer_lookup_running()))
+            .chain(self.peer_lookups.next(self.walk_running(WalkTarget::Peer)))
             .chain(self.liveness.deadlines())
             .fold(heartbeat, Instant::min)
     }

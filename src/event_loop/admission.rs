@@ -126,7 +126,7 @@ impl<W: Write> EventLoop<W> {
     /// (median), so most timed out while adding to the load that delayed the answers they
     /// waited for. The N = 300 run of the same node ran none.
     pub(super) fn find_addresses_due(&mut self, now: Instant) {
-        if self.peer_lookup_running() {
+        if self.walk_running(WalkTarget::Peer) {
             return;
         }
         if self.joining() {
@@ -155,19 +155,6 @@ impl<W: Write> EventLoop<W> {
             );
             return;
         }
-    }
-
-    /// Whether a lookup of a close peer's addresses is in flight.
-    pub(super) fn peer_lookup_running(&self) -> bool {
-        self.queries.values().any(|q| {
-            matches!(
-                q,
-                Query::Walk {
-                    target: WalkTarget::Peer,
-                    ..
-                }
-            )
-        })
     }
 
     /// Whether this node's own join has yet to finish: it is a joiner that has not reached a

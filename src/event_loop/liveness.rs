@@ -333,7 +333,7 @@ impl<W: Write> EventLoop<W> {
                 self.probe(peer);
             }
         }
-        let running = self.self_lookup_running();
+        let running = self.walk_running(WalkTarget::Own);
         if self.liveness.relookup.start_now(now, running) && self.table_size() > 0 {
             let id = self.lookup_own_key();
             self.queries.insert(
@@ -539,17 +539,12 @@ impl<W: Write> EventLoop<W> {
         }
     }
 
-    /// Whether a lookup of the node's own key is in flight (a walk, or a relookup).
-    pub(super) fn self_lookup_running(&self) -> bool {
-        self.queries.values().any(|q| {
-            matches!(
-                q,
-                Query::Walk {
-                    target: WalkTarget::Own,
-                    ..
-                }
-            )
-        })
+    /// Whether a lookup of `target`'s kind is in flight: [`WalkTarget::Own`] for a self lookup
+    /// (a walk, or a relookup), [`WalkTarget::Peer`] for a close peer's addresses.
+    pub(super) fn walk_running(&self, target: WalkTarget) -> bool {
+        self.queries
+            .values()
+            .any(|q| matches!(q, Query::Walk { target: t, .. } if *t == target))
     }
 
     /// Whether `peer` is in the routing table.
