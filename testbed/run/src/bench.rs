@@ -24,9 +24,17 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "10,100,300,1000", value_parser = crate::parse_peers)]
     peers: Vec<usize>,
 
-    /// How long each converged network idles before memory and CPU are sampled.
+    /// How long the idle sample lasts: CPU is each node's CPU time over it, memory is read at
+    /// its end.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     settle: Duration,
+
+    /// The idle sample starts no sooner than this after the last container started: the last
+    /// joins' connections and first walks keep the network busy for about two minutes (see
+    /// `run::IdleSample`). `0s` samples as soon as every node joined and the check is done, as
+    /// rows before this flag did.
+    #[arg(long, default_value = "120s", value_parser = parse_duration)]
+    idle_after: Duration,
 
     /// Start the peers in this many waves rather than all at once: joins spread out, as on a
     /// slow daemon (the case where early nodes used to miss later, closer peers).
@@ -111,6 +119,9 @@ pub struct Row {
     /// CPU while idle, percent of one core (median and max over nodes).
     pub cpu_idle_median_pct: Option<f64>,
     pub cpu_idle_max_pct: Option<f64>,
+    /// When the idle sample began, seconds after every container was running (rows before
+    /// `--idle-after` have none: they sampled as soon as the check was done).
+    pub idle_from_s: Option<f64>,
     pub load_average: Option<f64>,
     pub log_kb_per_node_min: Option<f64>,
     /// The checker's wall time on the saved logs (median of 3).
@@ -162,6 +173,7 @@ impl Default for Row {
             cpu_total_median_s: None,
             cpu_idle_median_pct: None,
             cpu_idle_max_pct: None,
+            idle_from_s: None,
             load_average: None,
             log_kb_per_node_min: None,
             checker_s: None,
@@ -367,7 +379,10 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
             } else {
                 Vec::new()
             },
-            settle: Some(args.settle),
+            settle: Some(run::IdleSample {
+                window: args.settle,
+                after_start: args.idle_after,
+            }),
             kind: "bench",
             churn: args.churn.map(|share| run::Churn {
                 share,
@@ -610,6 +625,7 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
         cpu_total_median_s: median(&cpu_total),
         cpu_idle_median_pct: median(&idle),
         cpu_idle_max_pct: idle.last().copied(),
+        idle_from_s: outcome.idle_from_s,
         load_average: outcome.load_average,
         log_kb_per_node_min: minutes.map(|m| outcome.log_bytes as f64 / 1024.0 / nodes as f64 / m),
         checker_s: median(&checker),
@@ -720,8 +736,9 @@ fn markdown(b: &Benchmarks) -> String {
     );
     out.push_str(&format!(
         "- **Date**: {}\n- **Commit**: `{}`\n- **Command**: `{}`\n- **Machine**: {} ({} cores), \
-         {:.0} GiB RAM, Linux {}, Docker Engine {}, {}\n- **Image**: {}\n- **Idle sample**: after the \
-         check passes, the network idles {} s; memory is each node's RSS at the end (and its two \
+         {:.0} GiB RAM, Linux {}, Docker Engine {}, {}\n- **Image**: {}\n- **Idle sample**: once the \
+         check is done, and no sooner than the row's *idle from* after the last start, the \
+         network idles {} s; memory is each node's RSS at the end (and its two \
          parts: *anon*, the node's own heap and stacks, what each further node costs; *file*, \
          pages of the binary, one copy in the page cache shared by all nodes), idle CPU the node's \
          CPU time over that window\n\n",
@@ -739,14 +756,14 @@ fn markdown(b: &Benchmarks) -> String {
         b.settle_s
     ));
     out.push_str(
-        "| peers | waves | commit | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | k-closest 100 % (s) | best k-closest | dials / node median / max | RSS median / max (MB) | anon / file median (MB) | CPU total / idle median / idle max | load | log KB/node/min | checker (s) |\n",
+        "| peers | waves | commit | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | k-closest 100 % (s) | best k-closest | dials / node median / max | RSS median / max (MB) | anon / file median (MB) | CPU total / idle median / idle max | idle from (s) | load | log KB/node/min | checker (s) |\n",
     );
     out.push_str(
-        "|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in b.rows.iter().filter(|r| r.churn_share == 0.0) {
         out.push_str(&format!(
-            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} |\n",
+            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} | {} |\n",
             r.peers,
             if r.waves > 1 {
                 format!("{} × {:.0} s", r.waves, r.wave_gap_s)
@@ -770,6 +787,7 @@ fn markdown(b: &Benchmarks) -> String {
             num(r.cpu_total_median_s, 2),
             num(r.cpu_idle_median_pct, 2),
             num(r.cpu_idle_max_pct, 2),
+            num(r.idle_from_s, 0),
             num(r.load_average, 1),
             num(r.log_kb_per_node_min, 1),
             num(r.checker_s, 2),
@@ -782,7 +800,9 @@ fn markdown(b: &Benchmarks) -> String {
          snapshot of the saved logs (`testbed_check::timeline`); a negative value means it already \
          held when the last node started. *k-closest 100 %* is when every node held all of its 20 \
          closest peers (– if that never happened). *dials* are the connections a node opened over \
-         the whole run. *checker* is `testbed-check --logs runs/<run>/logs` on the saved logs, \
+         the whole run. *idle from* is when the idle sample began, in seconds after the last \
+         start (– in rows from before `--idle-after`: as soon as the check was done, while the \
+         last joins' connections and first walks were still under way). *checker* is `testbed-check --logs runs/<run>/logs` on the saved logs, \
          median of three. Rows of earlier commands are kept, each with its commit.\n\n",
     );
     let churned: Vec<&Row> = b.rows.iter().filter(|r| r.churn_share > 0.0).collect();
@@ -1131,6 +1151,33 @@ mod tests {
         assert!(
             markdown(&b)
                 .contains("| the checker reads a 1000-node run in ≤ 2 s | 3.31 s | **missed** |")
+        );
+    }
+
+    #[test]
+    fn each_row_says_when_its_idle_sample_began() {
+        let mut b = bench(Vec::new());
+        let sampled = |idle_from_s| Row {
+            peers: 300,
+            passed: true,
+            cpu_total_median_s: Some(0.8),
+            cpu_idle_median_pct: Some(0.0667),
+            cpu_idle_max_pct: Some(0.4),
+            idle_from_s,
+            load_average: Some(50.0),
+            ..Row::default()
+        };
+        b.rows = vec![sampled(None), sampled(Some(121.4))];
+        let md = markdown(&b);
+        assert!(md.contains("| idle from (s) | load |"), "{md}");
+        // A row from before --idle-after sampled right after the check: no start given.
+        assert!(
+            md.contains("| 0.80 s / 0.07 % / 0.40 % | – | 50.0 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 0.80 s / 0.07 % / 0.40 % | 121 | 50.0 |"),
+            "{md}"
         );
     }
 
