@@ -97,6 +97,9 @@ pub struct EventLoop<W: Write> {
     /// The current mean wait between walks, and what the next one looks up.
     walk_wait: Duration,
     next_walk_target: WalkTarget,
+    /// Whether the next self-lookup walk (the settling one) ends by telling the peers that need
+    /// this node of it.
+    tell_after_walk: bool,
     next_bootstrap: Option<Instant>,
     health_error_reported: bool,
     /// A digest of what each peer last said through identify: identify runs on every new
@@ -164,6 +167,7 @@ impl<W: Write> EventLoop<W> {
             next_walk: None,
             walk_wait: WALK_START,
             next_walk_target: WalkTarget::Own,
+            tell_after_walk: false,
             next_bootstrap: None,
             health_error_reported: false,
             identified: HashMap::new(),
@@ -267,6 +271,8 @@ impl<W: Write> EventLoop<W> {
                     Query::Walk {
                         target,
                         started: now,
+                        tell: target == WalkTarget::Own
+                            && std::mem::take(&mut self.tell_after_walk),
                     },
                 );
             }

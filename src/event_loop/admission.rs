@@ -151,6 +151,7 @@ impl<W: Write> EventLoop<W> {
                 Query::Walk {
                     target: WalkTarget::Peer,
                     started: now,
+                    tell: false,
                 },
             );
             return;

@@ -341,6 +341,7 @@ impl<W: Write> EventLoop<W> {
                 Query::Walk {
                     target: WalkTarget::Own,
                     started: now,
+                    tell: false,
                 },
             );
         }
