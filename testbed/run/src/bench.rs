@@ -87,6 +87,9 @@ pub struct BenchArgs {
 pub struct Row {
     pub commit: String,
     pub date: String,
+    /// The machine it was measured on ([`Machine::label`]); `None` in rows from before it was
+    /// recorded.
+    pub machine: Option<String>,
     pub peers: usize,
     pub nodes: usize,
     pub passed: bool,
@@ -152,6 +155,7 @@ impl Default for Row {
         Row {
             commit: String::new(),
             date: String::new(),
+            machine: None,
             peers: 0,
             nodes: 0,
             passed: false,
@@ -192,6 +196,7 @@ impl Default for Row {
     }
 }
 
+/// The host a benchmark command ran on, as the file's head names it.
 #[derive(Debug, Serialize, Deserialize)]
 struct Machine {
     cpu: String,
@@ -211,6 +216,8 @@ pub struct ScenarioRow {
     pub peers: usize,
     pub commit: String,
     pub date: String,
+    /// As in [`Row::machine`].
+    pub machine: Option<String>,
     pub run: String,
     /// The whole run: the network formed and every expectation held.
     pub passed: bool,
@@ -330,6 +337,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
                     &outcome,
                     &commit,
                     &date,
+                    &machine.label(),
                 ));
                 let (rows, scenarios) = with_earlier(&root, Vec::new(), lines.clone());
                 let bench = Benchmarks {
@@ -410,8 +418,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<u8> {
         } else {
             0.0
         };
-        rows.push(row);
         let (date, commit, command, machine) = header(&root, &docker, &compose).await;
+        row.machine = Some(machine.label());
+        rows.push(row);
         let (measured, scenarios) = with_earlier(&root, rows.clone(), Vec::new());
         let bench = Benchmarks {
             date,
@@ -492,12 +501,14 @@ fn scenario_rows(
     outcome: &RunOutcome,
     commit: &str,
     date: &str,
+    machine: &str,
 ) -> Vec<ScenarioRow> {
     let base = ScenarioRow {
         scenario: scenario.to_owned(),
         peers,
         commit: commit.to_owned(),
         date: date.to_owned(),
+        machine: Some(machine.to_owned()),
         run: outcome.name.clone(),
         passed: outcome.exit_code() == 0,
         ..ScenarioRow::default()
@@ -595,6 +606,7 @@ pub(crate) async fn measure(outcome: &RunOutcome, peers: usize) -> Row {
     Row {
         commit: String::new(),
         date: String::new(),
+        machine: None,
         peers,
         nodes,
         passed: outcome.exit_code() == 0,
@@ -708,6 +720,28 @@ async fn machine(docker: &testbed_docker::bollard::Docker, compose: &Compose) ->
     }
 }
 
+impl Machine {
+    /// What each row records of its machine: the CPU and its cores (`Intel Xeon, 2 cores`).
+    /// Machines of one kind differ (the checker took 0.64 s on a 300-node run's logs on one,
+    /// 0.37 s on another), so a row's figures compare only with rows of the same machine.
+    fn label(&self) -> String {
+        format!("{}, {} cores", short_cpu(&self.cpu), self.cores)
+    }
+}
+
+/// A CPU's model name without its trademarks, clock and filler words (`Intel(R) Xeon(R)
+/// Processor` is `Intel Xeon`, `AMD EPYC 7B13 64-Core Processor` is `AMD EPYC 7B13`).
+fn short_cpu(model: &str) -> String {
+    let model = model.split('@').next().unwrap_or(model);
+    model
+        .replace("(R)", "")
+        .replace("(TM)", "")
+        .split_whitespace()
+        .filter(|w| !matches!(*w, "Processor" | "CPU") && !w.ends_with("-Core"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn write(root: &Path, bench: &Benchmarks) -> anyhow::Result<()> {
     let json_path: PathBuf = root.join("BENCHMARKS.json");
     std::fs::write(&json_path, serde_json::to_string_pretty(bench)?)?;
@@ -719,6 +753,11 @@ fn write(root: &Path, bench: &Benchmarks) -> anyhow::Result<()> {
 /// Text for a Markdown table cell: a `|` would end the cell.
 fn cell(text: &str) -> String {
     text.replace('|', "/")
+}
+
+/// A row's machine, for a table cell.
+fn machine_cell(label: Option<&str>) -> String {
+    label.map_or("–".into(), cell)
 }
 
 fn num(v: Option<f64>, digits: usize) -> String {
@@ -756,14 +795,14 @@ fn markdown(b: &Benchmarks) -> String {
         b.settle_s
     ));
     out.push_str(
-        "| peers | waves | commit | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | k-closest 100 % (s) | best k-closest | dials / node median / max | RSS median / max (MB) | anon / file median (MB) | CPU total / idle median / idle max | idle from (s) | load | log KB/node/min | checker (s) |\n",
+        "| peers | waves | commit | machine | pass | up (s) | starts/s | all seen (s) | k-closest ≥ 90 % (s) | k-closest 100 % (s) | best k-closest | dials / node median / max | RSS median / max (MB) | anon / file median (MB) | CPU total / idle median / idle max | idle from (s) | load | log KB/node/min | checker (s) |\n",
     );
     out.push_str(
-        "|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "|---:|---:|---|---|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in b.rows.iter().filter(|r| r.churn_share == 0.0) {
         out.push_str(&format!(
-            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} | {} |\n",
+            "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} | {} |\n",
             r.peers,
             if r.waves > 1 {
                 format!("{} × {:.0} s", r.waves, r.wave_gap_s)
@@ -771,6 +810,7 @@ fn markdown(b: &Benchmarks) -> String {
                 "1".into()
             },
             r.commit,
+            machine_cell(r.machine.as_deref()),
             if r.passed { "✅" } else { "❌" },
             num(r.up_s, 1),
             num(r.start_rate, 1),
@@ -803,7 +843,9 @@ fn markdown(b: &Benchmarks) -> String {
          the whole run. *idle from* is when the idle sample began, in seconds after the last \
          start (– in rows from before `--idle-after`: as soon as the check was done, while the \
          last joins' connections and first walks were still under way). *checker* is `testbed-check --logs runs/<run>/logs` on the saved logs, \
-         median of three. Rows of earlier commands are kept, each with its commit.\n\n",
+         median of three. *machine* is the CPU the row ran on (– in rows from before it was \
+         recorded): machines of one kind differ, so rows compare only on the same machine. Rows \
+         of earlier commands are kept, each with its commit.\n\n",
     );
     let churned: Vec<&Row> = b.rows.iter().filter(|r| r.churn_share > 0.0).collect();
     if !churned.is_empty() {
@@ -813,15 +855,16 @@ fn markdown(b: &Benchmarks) -> String {
              network is watched for `--heal-window` after the last kill.\n\n",
         );
         out.push_str(
-            "| peers | killed | commit | pass | k-closest 100 % again (s) | no stale entry (s) | oldest stale entry (s) | stale left | dials / node median | idle CPU median | load |\n|---:|---:|---|:---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| peers | killed | commit | machine | pass | k-closest 100 % again (s) | no stale entry (s) | oldest stale entry (s) | stale left | dials / node median | idle CPU median | load |\n|---:|---:|---|---|:---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for r in &churned {
             out.push_str(&format!(
-                "| {} | {} ({:.0} %) | `{}` | {} | {} | {} | {} | {} | {} | {} % | {} |\n",
+                "| {} | {} ({:.0} %) | `{}` | {} | {} | {} | {} | {} | {} | {} | {} % | {} |\n",
                 r.peers,
                 r.killed,
                 r.churn_share * 100.0,
                 r.commit,
+                machine_cell(r.machine.as_deref()),
                 if r.passed { "✅" } else { "❌" },
                 num(r.healed_s, 1),
                 num(r.stale_cleared_s, 1),
@@ -854,15 +897,16 @@ fn markdown(b: &Benchmarks) -> String {
              action until the property first held (the healing time), for `within` expectations: \
              judged from the saved logs at every second in the nodes' own clocks (rows up to \
              `a113218` from the live samples, every ~2 s as the reader had the logs).\n\n\
-             | scenario | peers | commit | run passed | step | action | expectation | held | held after (s) |\n\
-             |---|---:|---|:---:|---:|---|---|:---:|---:|\n",
+             | scenario | peers | commit | machine | run passed | step | action | expectation | held | held after (s) |\n\
+             |---|---:|---|---|:---:|---:|---|---|:---:|---:|\n",
         );
         for l in &b.scenarios {
             out.push_str(&format!(
-                "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
                 l.scenario,
                 l.peers,
                 l.commit,
+                machine_cell(l.machine.as_deref()),
                 if l.passed { "✅" } else { "❌" },
                 l.step,
                 cell(&l.action),
@@ -883,14 +927,15 @@ fn markdown(b: &Benchmarks) -> String {
             "## Crawling\n\n`bench --crawl`: after the idle sample, `testbed-crawl` reads every \
              node's routing table over the wire once, from the host, seeded with every \
              container's address (one FIND_NODE per k-bucket, 64 nodes at a time).\n\n\
-             | peers | commit | nodes read | not read | FIND_NODE / node | time (s) |\n\
-             |---:|---|---:|---:|---:|---:|\n",
+             | peers | commit | machine | nodes read | not read | FIND_NODE / node | time (s) |\n\
+             |---:|---|---|---:|---:|---:|---:|\n",
         );
         for r in &crawled {
             out.push_str(&format!(
-                "| {} | `{}` | {} | {} | {} | {} |\n",
+                "| {} | `{}` | {} | {} | {} | {} | {} |\n",
                 r.peers,
                 r.commit,
+                machine_cell(r.machine.as_deref()),
                 r.crawl_nodes.map_or("–".into(), |n| n.to_string()),
                 r.crawl_failed.map_or("–".into(), |n| n.to_string()),
                 num(r.crawl_requests_per_node, 1),
@@ -1100,7 +1145,7 @@ mod tests {
         let md = markdown(&bench(vec![held, failed]));
         assert!(md.contains("## Scenarios"), "{md}");
         assert!(
-            md.contains("| churn | 100 | `` | ❌ | 1 | kill victims | closest ≥ 100 % within 2m | ✅ | 42.3 |"),
+            md.contains("| churn | 100 | `` | – | ❌ | 1 | kill victims | closest ≥ 100 % within 2m | ✅ | 42.3 |"),
             "{md}"
         );
         // A reason's `|` would split the table's cell.
@@ -1179,6 +1224,64 @@ mod tests {
             md.contains("| 0.80 s / 0.07 % / 0.40 % | 121 | 50.0 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn each_row_names_the_machine_it_ran_on() {
+        let mut b = bench(Vec::new());
+        let row = |commit: &str, machine: Option<&str>| Row {
+            peers: 300,
+            commit: commit.into(),
+            machine: machine.map(Into::into),
+            crawl_s: Some(1.0),
+            ..Row::default()
+        };
+        b.rows = vec![
+            row("aaaaaaa", Some("Intel Xeon, 2 cores")),
+            row("bbbbbbb", None),
+        ];
+        let md = markdown(&b);
+        assert!(md.contains("| commit | machine | pass |"), "{md}");
+        assert!(
+            md.contains("| `aaaaaaa` | Intel Xeon, 2 cores | ❌ |"),
+            "{md}"
+        );
+        // A row from before machines were recorded says so rather than borrow the head's.
+        assert!(md.contains("| `bbbbbbb` | – | ❌ |"), "{md}");
+        assert!(
+            md.contains("| `aaaaaaa` | Intel Xeon, 2 cores | – |"),
+            "crawl table: {md}"
+        );
+        // Older files have no `machine` in their rows.
+        let mut old = serde_json::to_value(&b).expect("serializes");
+        old["rows"][0]
+            .as_object_mut()
+            .expect("row")
+            .remove("machine");
+        let read: Benchmarks = serde_json::from_value(old).expect("reads without `machine`");
+        assert_eq!(read.rows[0].machine, None);
+    }
+
+    #[test]
+    fn a_machine_is_named_by_its_cpu_model_and_cores() {
+        assert_eq!(short_cpu("Intel(R) Xeon(R) Processor"), "Intel Xeon");
+        assert_eq!(
+            short_cpu("AMD EPYC 7B13 64-Core Processor"),
+            "AMD EPYC 7B13"
+        );
+        assert_eq!(
+            short_cpu("Intel(R) Core(TM) i7-8650U CPU @ 1.90GHz"),
+            "Intel Core i7-8650U"
+        );
+        let m = Machine {
+            cpu: "AMD EPYC".into(),
+            cores: 2,
+            memory_gib: 24.0,
+            kernel: String::new(),
+            docker: String::new(),
+            compose: String::new(),
+        };
+        assert_eq!(m.label(), "AMD EPYC, 2 cores");
     }
 
     #[test]
