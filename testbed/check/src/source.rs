@@ -103,6 +103,7 @@ impl From<DockerError> for SourceError {
         match e {
             DockerError::NoDaemon(m) => SourceError::NoDaemon(m),
             DockerError::Api(m) => SourceError::Docker(m),
+            e @ DockerError::Timeout(_) => SourceError::Docker(e.to_string()),
         }
     }
 }

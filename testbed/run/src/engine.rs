@@ -21,8 +21,8 @@ use testbed_docker::bollard::query_parameters::{
     KillContainerOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use testbed_docker::{
-    LogTarget, Output, Scope, containers, log_lines, members, networks, project_containers,
-    short_name,
+    DockerError, LogTarget, Member, Output, Scope, containers, log_lines, members, networks,
+    project_containers, short_name,
 };
 
 /// Containers handled at once for work that does not touch network endpoints (logs, removal of
@@ -43,25 +43,51 @@ pub async fn wait_running(
     scope: &Scope,
     expected: usize,
     limit: Duration,
-    mut progress: impl FnMut(usize),
+    progress: impl FnMut(usize),
 ) -> anyhow::Result<Duration> {
+    wait_until_running(|| members(docker, scope), expected, limit, progress).await
+}
+
+/// [`wait_running`], with the members listed by `list`.
+///
+/// A listing the daemon did not answer in time is asked again, within `limit`: measured here,
+/// one call timed out (bollard's 120 s) at 889 of 1001 containers, with the load average near
+/// 1100, and that one timeout ended the whole run. Any other error ends the wait.
+async fn wait_until_running<F, Fut>(
+    mut list: F,
+    expected: usize,
+    limit: Duration,
+    mut progress: impl FnMut(usize),
+) -> anyhow::Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Member>, DockerError>>,
+{
     let started = Instant::now();
+    let (mut running, mut exist) = (0, 0);
     loop {
-        let containers = members(docker, scope).await?;
-        // Nodes only: a crawler (compose/crawl.yml) is not one of the `expected`.
-        let running = containers
-            .iter()
-            .filter(|m| m.running && is_node(&m.name))
-            .count();
-        progress(running);
-        if running >= expected {
-            return Ok(started.elapsed());
+        match list().await {
+            Ok(containers) => {
+                // Nodes only: a crawler (compose/crawl.yml) is not one of the `expected`.
+                running = containers
+                    .iter()
+                    .filter(|m| m.running && is_node(&m.name))
+                    .count();
+                exist = containers.len();
+                progress(running);
+                if running >= expected {
+                    return Ok(started.elapsed());
+                }
+            }
+            Err(e @ DockerError::Timeout(_)) => {
+                eprintln!("  {e}: asking again");
+            }
+            Err(e) => return Err(e.into()),
         }
         if started.elapsed() >= limit {
             anyhow::bail!(
-                "only {running} of {expected} containers running after {}s ({} exist)",
+                "only {running} of {expected} containers running after {}s ({exist} exist)",
                 limit.as_secs(),
-                containers.len()
             );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -385,4 +411,71 @@ fn clock_ticks() -> f64 {
 pub async fn image_size(docker: &Docker, image: &str) -> Option<u64> {
     let info = docker.inspect_image(image).await.ok()?;
     info.size.and_then(|s| u64::try_from(s).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(n: usize) -> Vec<Member> {
+        (0..n)
+            .map(|i| Member {
+                name: format!("peer_{i}"),
+                running: true,
+                logs: LogTarget::Container(format!("p-peer_{i}")),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_listing_the_daemon_did_not_answer_in_time_is_asked_again() {
+        let mut calls = 0;
+        let waited = wait_until_running(
+            || {
+                calls += 1;
+                let answer = if calls == 1 {
+                    Err(DockerError::Timeout("cannot list containers".into()))
+                } else {
+                    Ok(running(3))
+                };
+                async move { answer }
+            },
+            3,
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .await;
+        assert!(waited.is_ok(), "{waited:?}");
+        assert_eq!(calls, 2);
+    }
+
+    #[tokio::test]
+    async fn a_daemon_that_never_answers_still_ends_the_wait_at_its_limit() {
+        let waited = wait_until_running(
+            || async { Err(DockerError::Timeout("cannot list containers".into())) },
+            3,
+            Duration::from_millis(700),
+            |_| {},
+        )
+        .await;
+        let error = waited.expect_err("waited past the limit").to_string();
+        assert!(error.contains("only 0 of 3 containers running"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn any_other_daemon_error_ends_the_wait_at_once() {
+        let mut calls = 0;
+        let waited = wait_until_running(
+            || {
+                calls += 1;
+                async { Err(DockerError::Api("cannot list containers: 500".into())) }
+            },
+            3,
+            Duration::from_secs(10),
+            |_| {},
+        )
+        .await;
+        assert!(waited.is_err());
+        assert_eq!(calls, 1);
+    }
 }
