@@ -28,23 +28,37 @@ pub(super) const SETTLE_WALK: Duration = Duration::from_secs(8);
 /// as many nodes for little more.
 pub(super) const RANDOM_WALK_PEERS: usize = 8;
 
-/// Peers a refresh of a *full* bucket asks for. libp2p's bootstrap asks for k = 20 per bucket,
-/// ~25 connections each; a full bucket's part of the key space holds more than k nodes, and the
-/// refresh only needs to meet some of them. Measured at N = 300: ~63 outbound dials per node over
-/// a whole run, from ~700 with k-peer refreshes.
+/// Peers a refresh of a bucket beyond [`NEEDERS_SPAN`] asks for. libp2p's bootstrap asks for
+/// k = 20 per bucket, ~25 connections each; such a bucket's part of the key space holds more than
+/// k nodes, none of which can want this node among its closest, and the refresh only needs to meet
+/// some of them to fill the bucket for routing. Measured at N = 300: ~63 outbound dials per node
+/// over a whole run, from ~700 with k-peer refreshes.
 ///
-/// A bucket that is not full is refreshed with a k-peer lookup. Its part of the key space may hold
-/// fewer than k nodes, and then a k-peer lookup of any key in it reaches every one of them (each
-/// is closer to that key than any node outside). Those are the nodes that can want this one among
-/// their 20 closest while being far down its own list, where its self lookup does not reach:
-/// without this, such a node learned of the newcomer only on its own next walk.
+/// A bucket within [`NEEDERS_SPAN`] of the k-th closest peer is refreshed with a k-peer lookup:
+/// it holds the nodes that can want this one among their 20 closest while being far down its own
+/// list, where its self lookup does not reach, and a k-peer lookup of a key there meets them.
+/// Without this, such a node learned of the newcomer only on its own next walk.
 ///
 /// Buckets nearer than the k-th closest peer are not refreshed at all: the self lookup already met
-/// every node in them. So a join costs one or two k-peer refreshes (the buckets around the k-th
-/// closest) at any N. Refreshing every sparse bucket with k peers instead was measured at N = 300
-/// in containers: 200 outbound dials per node (median), joins of 60 s (median) on a host loaded to
-/// 270, and the check missed its deadline.
+/// every node in them. So a join costs two k-peer refreshes (the buckets around the k-th closest)
+/// and a few short ones at any N. Refreshing every sparse bucket with k peers instead was measured
+/// at N = 300 in containers: 200 outbound dials per node (median), joins of 60 s (median) on a
+/// host loaded to 270, and the check missed its deadline.
 pub(super) const REFRESH_PEERS: usize = 3;
+
+/// How many buckets beyond the one of the k-th closest peer can hold a peer that ranks this node
+/// among *its* k closest. Such a peer P at distance d has fewer than k nodes within d of it; with
+/// this node's k-th closest at distance r, the key space around P holds about k·d/r nodes within d,
+/// so d stays within about 2r, and so within one bucket of r's. Counted over random networks
+/// (every node, 5 networks of 300 and one of 1000): per node ~5 such peers in r's bucket,
+/// 0.8-1.0 in the next one, none farther (test `the_peers_that_need_a_node_lie_within_the_span`).
+///
+/// This is what a join's refreshes are sized by. Sizing them by how full the bucket was in this
+/// node's table instead (a bucket not yet full got a k-peer lookup) asked for k peers in the far
+/// buckets, which a newcomer's table does not yet fill although the network does: measured at
+/// N = 300 in containers, 116 outbound dials per join (median), 70 of them to peers ranked past
+/// 80th, 40 into the farthest bucket alone.
+pub(super) const NEEDERS_SPAN: u32 = 1;
 
 /// First wait before a join whose self lookup got no answer is tried again; doubles per failed
 /// try up to [`REJOIN_MAX`].
@@ -100,8 +114,9 @@ pub(super) struct Bootstrapping {
     pub(super) trigger: BootstrapTrigger,
     pub(super) started: Instant,
     pub(super) error: Option<String>,
-    /// Buckets still to refresh; `None` until the self lookup finished.
-    pub(super) buckets: Option<Vec<u32>>,
+    /// Refreshes still to run, as (bucket, peers to ask for), the next one last; `None` until
+    /// the self lookup finished.
+    pub(super) buckets: Option<Vec<(u32, usize)>>,
     /// Whether any peer answered the self lookup; `None` until it finished.
     pub(super) answered: Option<bool>,
 }
@@ -134,7 +149,7 @@ impl<W: Write> EventLoop<W> {
 
     /// Starts a Kademlia bootstrap as the Kademlia paper describes a join: look up the node's own
     /// key, then refresh every bucket farther than the closest neighbour with a lookup of a random
-    /// key in it. Full buckets are refreshed with [`REFRESH_PEERS`] peers, the others with k.
+    /// key in it, sized by [`refresh_plan`].
     pub(super) fn start_bootstrap(&mut self, trigger: BootstrapTrigger) {
         // Nothing to bootstrap from yet, or one running: the next round will do.
         if self.bootstrapping.is_some() || self.table_size() == 0 {
@@ -181,31 +196,19 @@ impl<W: Write> EventLoop<W> {
         if run.buckets.is_none() {
             let kad = &mut self.swarm.behaviour_mut().kad;
             let closest = kad.kbuckets().filter_map(|b| b.range().0.ilog2()).min();
-            // Buckets nearer than the k-th closest peer lie wholly inside the self lookup's
-            // reach: every node in them is among the k closest, and the lookup met them. Only
-            // the buckets from the k-th closest outwards need refreshing.
             let mut distances = table_entries(kad, |key, _| local.distance(key));
             distances.sort_unstable();
             let reach = distances
                 .get(kad::K_VALUE.get() - 1)
-                .and_then(|d| d.ilog2())
-                .unwrap_or(0);
-            run.buckets = Some(closest.map_or(Vec::new(), |c| {
-                (c + 1..=255).filter(|&b| b >= reach).collect()
-            }));
+                .map(|d| d.ilog2().unwrap_or(0));
+            let mut plan = refresh_plan(closest, reach, kad::K_VALUE.get());
+            // Nearest first: the buckets where peers may need this node come before the far ones.
+            plan.reverse();
+            run.buckets = Some(plan);
         }
-        while let Some(bucket) = run.buckets.as_mut().and_then(Vec::pop) {
+        while let Some((bucket, peers)) = run.buckets.as_mut().and_then(Vec::pop) {
             if let Some(target) = random_peer_in_bucket(&local, bucket) {
                 let kad = &mut self.swarm.behaviour_mut().kad;
-                let held = kad
-                    .kbuckets()
-                    .find(|b| b.range().0.ilog2() == Some(bucket))
-                    .map_or(0, |b| b.num_entries());
-                let peers = if held < kad::K_VALUE.get() {
-                    kad::K_VALUE.get()
-                } else {
-                    REFRESH_PEERS
-                };
                 let id = kad.get_n_closest_peers(
                     target,
                     NonZeroUsize::new(peers).unwrap_or(NonZeroUsize::MIN),
@@ -376,6 +379,31 @@ pub(super) fn peers_to_tell(
         .collect()
 }
 
+/// The buckets a join refreshes after its self lookup, nearest first, each with the number of
+/// peers its lookup asks for. `closest` is the bucket of this node's closest peer and `reach` the
+/// bucket of its k-th closest (`None` when it knows fewer than k peers).
+///
+/// Buckets nearer than `reach` are skipped (the self lookup met every node in them); those up to
+/// [`NEEDERS_SPAN`] beyond it get k-peer lookups, the farther ones [`REFRESH_PEERS`]. A node that
+/// knows fewer than k peers cannot tell where its neighbourhood ends, so it asks for k everywhere.
+/// Where the table is incomplete, `reach` is too far out, which errs towards more k-peer lookups.
+pub(super) fn refresh_plan(
+    closest: Option<u32>,
+    reach: Option<u32>,
+    k: usize,
+) -> Vec<(u32, usize)> {
+    let Some(closest) = closest else {
+        return Vec::new();
+    };
+    (closest + 1..=255)
+        .filter(|&b| reach.is_none_or(|r| b >= r))
+        .map(|b| match reach {
+            Some(r) if b > r + NEEDERS_SPAN => (b, REFRESH_PEERS),
+            _ => (b, k),
+        })
+        .collect()
+}
+
 /// A random peer id whose key falls in `bucket` as seen from `local` (bucket 255 holds half of
 /// all keys, bucket 255 - j one in 2^(j+1)), or `None` if none turned up in 2^17 tries.
 pub(super) fn random_peer_in_bucket(local: &KBucketKey<PeerId>, bucket: u32) -> Option<PeerId> {
@@ -471,5 +499,90 @@ mod tests {
         assert!(peers_to_tell(&local, &table, 0).is_empty());
         // With k larger than the table every peer may.
         assert_eq!(peers_to_tell(&local, &table, 50).len(), 50);
+    }
+
+    #[test]
+    fn a_join_refreshes_its_neighbourhood_with_k_peers_and_the_far_buckets_briefly() {
+        let plan = refresh_plan(Some(240), Some(250), 20);
+        assert_eq!(
+            plan,
+            vec![
+                (250, 20),
+                (251, 20),
+                (252, REFRESH_PEERS),
+                (253, REFRESH_PEERS),
+                (254, REFRESH_PEERS),
+                (255, REFRESH_PEERS),
+            ]
+        );
+        // The k-th closest in the farthest bucket: nothing lies beyond it.
+        assert_eq!(refresh_plan(Some(250), Some(255), 20), vec![(255, 20)]);
+        // Nothing known, nothing to refresh.
+        assert!(refresh_plan(None, None, 20).is_empty());
+    }
+
+    #[test]
+    fn knowing_fewer_than_k_peers_a_join_refreshes_every_farther_bucket_with_k() {
+        let plan = refresh_plan(Some(252), None, 20);
+        assert_eq!(plan, vec![(253, 20), (254, 20), (255, 20)]);
+    }
+
+    /// Keys of `n` fixed identities, so the network is the same in every run.
+    fn seeded_keys(first: u64, n: u64) -> Vec<KBucketKey<PeerId>> {
+        (first..first + n)
+            .map(|seed| {
+                KBucketKey::from(
+                    crate::identity::keypair_from_seed(seed)
+                        .public()
+                        .to_peer_id(),
+                )
+            })
+            .collect()
+    }
+
+    /// The claim [`NEEDERS_SPAN`] rests on, over whole networks: every peer that ranks a node among
+    /// its k closest lies within the node's own k closest, or in a bucket the join refreshes with a
+    /// k-peer lookup. With a span of 0 it fails (such peers lie one bucket beyond, ~1 a node).
+    #[test]
+    fn the_peers_that_need_a_node_lie_within_the_span() {
+        const K: usize = 20;
+        for (first, n) in [(1_000, 300), (5_000, 300), (9_000, 200)] {
+            let everyone = seeded_keys(first, n);
+            // Each node's distance to its k-th closest.
+            let kth: Vec<_> = everyone
+                .iter()
+                .map(|p| {
+                    let mut d: Vec<_> = everyone
+                        .iter()
+                        .filter(|q| *q != p)
+                        .map(|q| q.distance(p))
+                        .collect();
+                    d.sort_unstable();
+                    d[K - 1]
+                })
+                .collect();
+            for (i, local) in everyone.iter().enumerate() {
+                let reach = kth[i].ilog2();
+                let closest = everyone
+                    .iter()
+                    .filter(|q| *q != local)
+                    .filter_map(|q| local.distance(q).ilog2())
+                    .min();
+                let plan = refresh_plan(closest, reach, K);
+                for (j, p) in everyone.iter().enumerate() {
+                    let d = local.distance(p);
+                    let needs = j != i && d <= kth[j];
+                    let ours = d <= kth[i];
+                    if needs && !ours {
+                        let bucket = d.ilog2().expect("distinct keys");
+                        assert!(
+                            plan.contains(&(bucket, K)),
+                            "network {first}: peer {j} needs node {i} from bucket {bucket}, \
+                             plan {plan:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
