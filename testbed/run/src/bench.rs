@@ -755,6 +755,16 @@ fn cell(text: &str) -> String {
     text.replace('|', "/")
 }
 
+/// How a row's peers were started: all at once ("1"), or "W × G s" in W waves G seconds apart.
+/// Rows of one size differ only in this, so every table that lists runs shows it.
+fn waves_cell(r: &Row) -> String {
+    if r.waves > 1 {
+        format!("{} × {:.0} s", r.waves, r.wave_gap_s)
+    } else {
+        "1".into()
+    }
+}
+
 /// A row's machine, for a table cell.
 fn machine_cell(label: Option<&str>) -> String {
     label.map_or("–".into(), cell)
@@ -804,11 +814,7 @@ fn markdown(b: &Benchmarks) -> String {
         out.push_str(&format!(
             "| {} | {} | `{}` | {} | {} | {} | {} | {} | {} | {} | {:.1} % | {} / {} | {} / {} | {} / {} | {} s / {} % / {} % | {} | {} | {} | {} |\n",
             r.peers,
-            if r.waves > 1 {
-                format!("{} × {:.0} s", r.waves, r.wave_gap_s)
-            } else {
-                "1".into()
-            },
+            waves_cell(r),
             r.commit,
             machine_cell(r.machine.as_deref()),
             if r.passed { "✅" } else { "❌" },
@@ -927,13 +933,14 @@ fn markdown(b: &Benchmarks) -> String {
             "## Crawling\n\n`bench --crawl`: after the idle sample, `testbed-crawl` reads every \
              node's routing table over the wire once, from the host, seeded with every \
              container's address (one FIND_NODE per k-bucket, 64 nodes at a time).\n\n\
-             | peers | commit | machine | nodes read | not read | FIND_NODE / node | time (s) |\n\
-             |---:|---|---|---:|---:|---:|---:|\n",
+             | peers | waves | commit | machine | nodes read | not read | FIND_NODE / node | time (s) |\n\
+             |---:|---:|---|---|---:|---:|---:|---:|\n",
         );
         for r in &crawled {
             out.push_str(&format!(
-                "| {} | `{}` | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | `{}` | {} | {} | {} | {} | {} |\n",
                 r.peers,
+                waves_cell(r),
                 r.commit,
                 machine_cell(r.machine.as_deref()),
                 r.crawl_nodes.map_or("–".into(), |n| n.to_string()),
@@ -1227,6 +1234,24 @@ mod tests {
     }
 
     #[test]
+    fn the_crawl_table_tells_a_run_in_waves_from_one_all_at_once() {
+        let mut b = bench(Vec::new());
+        let row = |waves: u32, crawl_s: f64| Row {
+            peers: 300,
+            waves,
+            wave_gap_s: 60.0,
+            commit: "aaaaaaa".into(),
+            crawl_s: Some(crawl_s),
+            ..Row::default()
+        };
+        b.rows = vec![row(1, 1.7), row(3, 2.3)];
+        let md = markdown(&b);
+        let crawl = &md[md.find("## Crawling").expect("crawl table")..];
+        assert!(crawl.contains("| 300 | 1 | `aaaaaaa` |"), "{crawl}");
+        assert!(crawl.contains("| 300 | 3 × 60 s | `aaaaaaa` |"), "{crawl}");
+    }
+
+    #[test]
     fn each_row_names_the_machine_it_ran_on() {
         let mut b = bench(Vec::new());
         let row = |commit: &str, machine: Option<&str>| Row {
@@ -1249,7 +1274,7 @@ mod tests {
         // A row from before machines were recorded says so rather than borrow the head's.
         assert!(md.contains("| `bbbbbbb` | – | ❌ |"), "{md}");
         assert!(
-            md.contains("| `aaaaaaa` | Intel Xeon, 2 cores | – |"),
+            md.contains("| 300 | 1 | `aaaaaaa` | Intel Xeon, 2 cores | – |"),
             "crawl table: {md}"
         );
         // Older files have no `machine` in their rows.
