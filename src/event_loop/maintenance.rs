@@ -195,9 +195,9 @@ impl<W: Write> EventLoop<W> {
         }
         if run.buckets.is_none() {
             let kad = &mut self.swarm.behaviour_mut().kad;
-            let closest = kad.kbuckets().filter_map(|b| b.range().0.ilog2()).min();
             let mut distances = table_entries(kad, |key, _| local.distance(key));
             distances.sort_unstable();
+            let closest = distances.first().and_then(|d| d.ilog2());
             let reach = distances
                 .get(kad::K_VALUE.get() - 1)
                 .map(|d| d.ilog2().unwrap_or(0));
@@ -424,13 +424,11 @@ pub(super) fn jittered(now: Instant, interval: Duration) -> Option<Instant> {
 mod tests {
     use super::*;
 
-    /// Brute force: whether `local` is among `p`'s `k` closest of `everyone` (`p` left out).
-    fn ranks_among_k_closest(
+    /// `p`'s distances to every other key of `everyone`, nearest first.
+    fn sorted_distances(
         p: &KBucketKey<PeerId>,
-        local: &KBucketKey<PeerId>,
         everyone: &[KBucketKey<PeerId>],
-        k: usize,
-    ) -> bool {
+    ) -> Vec<kad::KBucketDistance> {
         let mut distances: Vec<_> = everyone
             .iter()
             .filter(|q| *q != p)
@@ -438,6 +436,16 @@ mod tests {
             .collect();
         distances.sort_unstable();
         distances
+    }
+
+    /// Brute force: whether `local` is among `p`'s `k` closest of `everyone` (`p` left out).
+    fn ranks_among_k_closest(
+        p: &KBucketKey<PeerId>,
+        local: &KBucketKey<PeerId>,
+        everyone: &[KBucketKey<PeerId>],
+        k: usize,
+    ) -> bool {
+        sorted_distances(p, everyone)
             .iter()
             .position(|d| *d == local.distance(p))
             .is_some_and(|rank| rank < k)
@@ -549,25 +557,14 @@ mod tests {
         for (first, n) in [(1_000, 300), (5_000, 300), (9_000, 200)] {
             let everyone = seeded_keys(first, n);
             // Each node's distance to its k-th closest.
-            let kth: Vec<_> = everyone
+            let sorted: Vec<_> = everyone
                 .iter()
-                .map(|p| {
-                    let mut d: Vec<_> = everyone
-                        .iter()
-                        .filter(|q| *q != p)
-                        .map(|q| q.distance(p))
-                        .collect();
-                    d.sort_unstable();
-                    d[K - 1]
-                })
+                .map(|p| sorted_distances(p, &everyone))
                 .collect();
+            let kth: Vec<_> = sorted.iter().map(|d| d[K - 1]).collect();
             for (i, local) in everyone.iter().enumerate() {
                 let reach = kth[i].ilog2();
-                let closest = everyone
-                    .iter()
-                    .filter(|q| *q != local)
-                    .filter_map(|q| local.distance(q).ilog2())
-                    .min();
+                let closest = sorted[i][0].ilog2();
                 let plan = refresh_plan(closest, reach, K);
                 for (j, p) in everyone.iter().enumerate() {
                     let d = local.distance(p);
